@@ -1,0 +1,48 @@
+"""``kvmkit``: the command line.  Thin: it parses, then calls the layers
+below.  Every subcommand module registers itself with ``add_parser``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from kvmkit import __version__
+from kvmkit.errors import KvmkitError
+
+SUBCOMMANDS = ("run", "guest", "img", "qmp")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvmkit",
+        description="The user-space half of a KVM virtualization stack: boot Linux guests on "
+                    "/dev/kvm, steer them over QMP, and manage disk images.",
+        epilog="Run 'kvmkit COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"kvmkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more (-v: what the VMM applies, -vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    import importlib
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"kvmkit.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="kvmkit: %(message)s")
+    handler = getattr(args, "handler", None) or getattr(args, "func")
+    try:
+        return int(handler(args) or 0)
+    except KvmkitError as e:
+        print(f"kvmkit {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""``kvmkit run``: boot a guest and stay with it until it ends.
+
+Exit statuses: 0 the guest powered off (or you quit with Ctrl-a x / QMP
+quit); 32 the guest rebooted; 33 the guest triple-faulted; 1 the VMM stopped
+on an error; (N << 1) | 1 when a guest wrote N to the debug-exit port 0xF4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Any
+
+from kvmkit.errors import ConfigError
+from kvmkit.sizes import parse_size
+from kvmkit.vmm.api import ExitReason
+
+log = logging.getLogger("kvmkit.run")
+
+USERSPACE_WALL = (
+    "the guest kernel reached /init, but this host cannot run guest user space: its KVM "
+    "emulates guest kernel code (no VT-x/SVM; kvm_pvm backend) and delivers 'syscall' in a way "
+    "a standard kernel cannot take. On a host with VT-x/SVM the same command ends at a shell prompt.")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run", help="boot a Linux guest (the project's fast guest if no kernel is given)",
+        description="Boot a guest on /dev/kvm with a serial console. Without --kernel, boots "
+                    "kvmkit's small test kernel and busybox initramfs (building them on first use). "
+                    "On a terminal the console is interactive: Ctrl-a x quits, Ctrl-a h helps.",
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernel", "-k", metavar="FILE", help="bzImage or ELF vmlinux")
+    p.add_argument("--initrd", metavar="FILE", help="initramfs/initrd image")
+    p.add_argument("--cmdline", "--append", metavar="TEXT", default=None,
+                   help="kernel command line (default: console=ttyS0, or the fast guest's)")
+    p.add_argument("--memory", "-m", metavar="SIZE", default="512M",
+                   help="guest RAM, e.g. 512M or 2G; a bare number is MiB (default 512M)")
+    p.add_argument("--cpus", "--smp", type=int, metavar="N", default=1, help="vCPUs (default 1)")
+    p.add_argument("--serial", metavar="DEST", default="stdio",
+                   help="COM1: stdio (default), file:PATH, unix:PATH (listening socket) or null")
+    p.add_argument("--host-compat", choices=("auto", "on", "off"), default="auto",
+                   help="workarounds for hosts whose KVM emulates guest kernel code "
+                        "(auto: probe the host; default auto)")
+    p.add_argument("--name", help="VM name (QMP query-name)")
+    p.add_argument("--qmp", metavar="ADDR", action="append", default=[],
+                   help="QMP server: unix:PATH[,server,wait=off] or tcp:127.0.0.1:PORT (repeatable)")
+    p.add_argument("--paused", "-S", action="store_true", help="start with vCPUs paused (QMP cont runs them)")
+    p.add_argument("--reboot", choices=("exit", "reset"), default="exit",
+                   help="what a guest reboot does: exit kvmkit (status 32) or reset the VM (default exit)")
+    _add_virtio_options(p)
+    p.set_defaults(handler=cmd_run)
+
+
+def _add_virtio_options(p: argparse.ArgumentParser) -> None:
+    try:
+        from kvmkit.devices.virtio import cli_options
+    except ImportError:
+        return
+    cli_options.add_arguments(p)
+
+
+def _virtio_specs(args: argparse.Namespace):
+    try:
+        from kvmkit.devices.virtio import cli_options
+    except ImportError:
+        return None
+    return cli_options.specs_from_args(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kvmkit.vmm.config import SerialSpec, VmConfig
+    from kvmkit.vmm.machine import Machine
+
+    memory = parse_size(args.memory, default_unit="M", what="memory size")
+    serial = SerialSpec.parse(args.serial)
+    qmp_addrs = []
+    if args.qmp:
+        from kvmkit.cli.qmp import parse_qmp_address
+        qmp_addrs = [parse_qmp_address(q) for q in args.qmp]
+    kernel, initrd, cmdline = args.kernel, args.initrd, args.cmdline
+    if kernel is None:
+        if initrd is not None:
+            raise ConfigError("--initrd needs --kernel")
+        from kvmkit.guest.assets import fast_guest
+        g = fast_guest(build=True)
+        kernel, initrd = g.vmlinux, g.initrd
+        cmdline = cmdline if cmdline is not None else g.cmdline
+    if cmdline is None:
+        cmdline = "console=ttyS0"
+    config = VmConfig.build(kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=args.cpus,
+                            serial=serial, host_compat=args.host_compat, name=args.name,
+                            start_paused=args.paused, reboot_action=args.reboot,
+                            virtio=_virtio_specs(args))
+    machine = Machine(config)
+    if machine.compat.enabled:
+        print(f"kvmkit: {machine.compat.describe()}", file=sys.stderr)
+    monitors = []
+    try:
+        if qmp_addrs:
+            from kvmkit.cli.qmp import start_monitor
+            monitors = [start_monitor(machine, a) for a in qmp_addrs]
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda *_: machine.quit())
+        machine.start()
+        while machine.wait(0.5) is None:
+            pass
+    except KeyboardInterrupt:
+        machine.quit()
+    finally:
+        for mon in monitors:
+            mon.close()
+        machine.close()
+    return _report(machine)
+
+
+def _report(machine) -> int:
+    reason = machine.exit_reason
+    out = machine.console.output
+    if reason == ExitReason.ERROR:
+        print(f"kvmkit: error: {machine.error}", file=sys.stderr)
+    elif reason in (ExitReason.REBOOT, ExitReason.TRIPLE_FAULT):
+        print(f"\nkvmkit: guest {'rebooted' if reason == ExitReason.REBOOT else 'triple-faulted'} "
+              f"(exit status {machine.exit_status})", file=sys.stderr)
+    if machine.compat.enabled and b"Run /init as init process" in out and \
+            b"kvmkit-guest: init started" not in out:
+        print(f"kvmkit: note: {USERSPACE_WALL}", file=sys.stderr)
+    return machine.exit_status if machine.exit_status is not None else 1

@@ -1,0 +1,120 @@
+"""Numeric constants from ``<linux/kvm.h>``: capabilities, exit reasons,
+flags.  Grouped in IntEnums so logs print names, not numbers."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Cap(enum.IntEnum):
+    IRQCHIP = 0
+    HLT = 1
+    USER_MEMORY = 3
+    SET_TSS_ADDR = 4
+    EXT_CPUID = 7
+    NR_VCPUS = 9
+    NR_MEMSLOTS = 10
+    PIT = 11
+    MP_STATE = 14
+    COALESCED_MMIO = 15
+    SET_GUEST_DEBUG = 23
+    IRQ_ROUTING = 25
+    IRQ_INJECT_STATUS = 26
+    IRQFD = 32
+    PIT2 = 33
+    PIT_STATE2 = 35
+    IOEVENTFD = 36
+    SET_IDENTITY_MAP_ADDR = 37
+    ADJUST_CLOCK = 39
+    VCPU_EVENTS = 41
+    XSAVE = 55
+    XCRS = 56
+    TSC_CONTROL = 60
+    GET_TSC_KHZ = 61
+    MAX_VCPUS = 66
+    SIGNAL_MSI = 77
+    READONLY_MEM = 81
+    X2APIC_API = 129
+    IMMEDIATE_EXIT = 136
+    X86_USER_SPACE_MSR = 188
+    DIRTY_LOG_RING = 192
+
+
+class Exit(enum.IntEnum):
+    UNKNOWN = 0
+    EXCEPTION = 1
+    IO = 2
+    HYPERCALL = 3
+    DEBUG = 4
+    HLT = 5
+    MMIO = 6
+    IRQ_WINDOW_OPEN = 7
+    SHUTDOWN = 8
+    FAIL_ENTRY = 9
+    INTR = 10
+    SET_TPR = 11
+    TPR_ACCESS = 12
+    NMI = 16
+    INTERNAL_ERROR = 17
+    SYSTEM_EVENT = 24
+    IOAPIC_EOI = 26
+    X86_RDMSR = 29
+    X86_WRMSR = 30
+    DIRTY_RING_FULL = 31
+
+
+class InternalError(enum.IntEnum):
+    EMULATION = 1
+    SIMUL_EX = 2
+    DELIVERY_EV = 3
+    UNEXPECTED_EXIT_REASON = 4
+
+
+class SystemEvent(enum.IntEnum):
+    SHUTDOWN = 1
+    RESET = 2
+    CRASH = 3
+
+
+class MpState(enum.IntEnum):
+    RUNNABLE = 0
+    UNINITIALIZED = 1
+    INIT_RECEIVED = 2
+    HALTED = 3
+    SIPI_RECEIVED = 4
+
+
+IO_IN = 0
+IO_OUT = 1
+
+MEM_LOG_DIRTY_PAGES = 1 << 0
+MEM_READONLY = 1 << 1
+
+PIT_SPEAKER_DUMMY = 1
+
+IRQ_ROUTING_IRQCHIP = 1
+IRQ_ROUTING_MSI = 2
+IRQCHIP_PIC_MASTER = 0
+IRQCHIP_PIC_SLAVE = 1
+IRQCHIP_IOAPIC = 2
+
+IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+IOEVENTFD_FLAG_PIO = 1 << 1
+IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+
+IRQFD_FLAG_DEASSIGN = 1 << 0
+IRQFD_FLAG_RESAMPLE = 1 << 1
+
+VCPUEVENT_VALID_NMI_PENDING = 0x1
+VCPUEVENT_VALID_SIPI_VECTOR = 0x2
+VCPUEVENT_VALID_SHADOW = 0x4
+VCPUEVENT_VALID_SMM = 0x8
+
+CLOCK_TSC_STABLE = 2
+
+COALESCED_MMIO_PAGE_OFFSET = 1
+
+GUESTDBG_ENABLE = 0x1
+GUESTDBG_USE_SW_BP = 0x10000
+
+CPUID_FLAG_SIGNIFCANT_INDEX = 1

@@ -1,0 +1,77 @@
+"""The one small API that control planes (QMP, the CLI, the manager) use to
+steer a running VM.  They never reach into devices or vCPUs directly.
+
+:class:`kvmkit.vmm.machine.Machine` implements :class:`VmControl`.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+
+class RunState(str, enum.Enum):
+    """QEMU's RunState names, so QMP's query-status answers unchanged."""
+
+    PRELAUNCH = "prelaunch"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"
+    INTERNAL_ERROR = "internal-error"
+    GUEST_PANICKED = "guest-panicked"
+
+
+class ExitReason(str, enum.Enum):
+    """Why a VM stopped for good; the CLI maps these to exit statuses."""
+
+    POWEROFF = "poweroff"        # guest powered off (ACPI/exit port/KVM system event)
+    REBOOT = "reboot"            # guest asked for a reset (i8042, KVM system event) and the VM was not set to reboot in place
+    TRIPLE_FAULT = "triple-fault"
+    HOST_QUIT = "host-quit"      # QMP quit, Ctrl-a x, SIGTERM
+    ERROR = "error"              # the VMM could not continue (see Machine.error)
+
+
+@dataclass(frozen=True)
+class VmEvent:
+    """An asynchronous event, shaped like QMP's: name + data + timestamp."""
+
+    name: str                    # e.g. "STOP", "RESUME", "RESET", "SHUTDOWN", "POWERDOWN"
+    data: dict[str, Any] = field(default_factory=dict)
+    timestamp: float = field(default_factory=time.time)
+
+
+class VmControl(Protocol):
+    name: str | None
+    uuid: str
+
+    @property
+    def state(self) -> RunState: ...
+
+    def pause(self) -> None:
+        """Stop every vCPU (all out of KVM_RUN, none re-entering) before returning; emits STOP."""
+
+    def resume(self) -> None:
+        """Restart the vCPUs; emits RESUME."""
+
+    def reset(self) -> None:
+        """Hard reset (QMP system_reset); emits RESET."""
+
+    def powerdown(self) -> None:
+        """Ask the guest to shut down (ACPI button or Ctrl-Alt-Del); emits POWERDOWN."""
+
+    def quit(self) -> None:
+        """Stop the VM for good (QMP quit); emits SHUTDOWN with reason host-qmp-quit."""
+
+    def subscribe(self, callback: Callable[[VmEvent], None]) -> Callable[[], None]:
+        """Call ``callback`` (from any thread) for every event; returns an unsubscribe function."""
+
+    def query_cpus(self) -> list[dict[str, Any]]:
+        """One dict per vCPU: cpu-index, thread-id, qom-path, target, props."""
+
+    def cpu_registers(self, cpu_index: int) -> dict[str, int]:
+        """General, segment and control registers of one vCPU (paused or not)."""
+
+    def query_block(self) -> list[dict[str, Any]]:
+        """QMP query-block entries for the VM's disks."""

@@ -1,0 +1,109 @@
+"""Host compatibility: workarounds for hosts whose KVM runs guest kernel code
+through its instruction emulator (nested KVM on the ``kvm_pvm`` backend; see
+HOST-NOTES), and a probe that tells such a host from one with VT-x/SVM.
+
+The probe runs ``int3`` at CPL0 in a tiny 64-bit guest with an empty IDT.  On
+VT-x/SVM the CPU raises #BP, fails to deliver it and the guest triple-faults
+(KVM_EXIT_SHUTDOWN).  On an emulating host the emulator does not know
+``int3`` and KVM reports an emulation failure.  Nothing is applied on a host
+that does not need it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+
+from kvmkit.arch.x86 import cpuid as cpuidbits
+
+log = logging.getLogger("kvmkit.hostcompat")
+
+
+@dataclass(frozen=True)
+class HostCompat:
+    """What to do about the emulator's gaps.  ``enabled=False`` changes nothing."""
+
+    enabled: bool
+    reason: str = ""
+    hide_cpuid: tuple[tuple[int, str, int], ...] = ()
+    cmdline_extra: tuple[str, ...] = ()
+    complete_int3: bool = False
+    complete_clac_stac: bool = False
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return f"host-compat off ({self.reason})" if self.reason else "host-compat off"
+        hidden = ", ".join(f"CPUID.{leaf:#x}:{reg.upper()}[{bit}]" for leaf, reg, bit in self.hide_cpuid)
+        return (f"host-compat on ({self.reason}): hide {hidden}; guest cmdline += "
+                f"'{' '.join(self.cmdline_extra)}'; int3 -> #BP injection; clac/stac completed in the VMM")
+
+
+EMULATING_HOST = HostCompat(
+    enabled=True,
+    hide_cpuid=(cpuidbits.CX16,),
+    cmdline_extra=("noxsave", "clearcpuid=popcnt,smap"),
+    complete_int3=True,
+    complete_clac_stac=True,
+)
+
+
+def resolve(mode: str) -> HostCompat:
+    """``mode`` is auto, on or off."""
+    if mode == "off":
+        return HostCompat(False, "disabled by option")
+    if mode == "on":
+        return _with_reason(EMULATING_HOST, "forced by option")
+    emulating, why = probe()
+    if emulating:
+        return _with_reason(EMULATING_HOST, why)
+    return HostCompat(False, why)
+
+
+def _with_reason(hc: HostCompat, reason: str) -> HostCompat:
+    from dataclasses import replace
+    return replace(hc, reason=reason)
+
+
+@functools.lru_cache(maxsize=1)
+def probe() -> tuple[bool, str]:
+    """(emulating, explanation). Runs a one-instruction guest once per process."""
+    from kvmkit.kvm import Kvm
+    from kvmkit.kvm.constants import Exit, InternalError
+    from kvmkit.memory.guest_memory import GuestMemory
+    from kvmkit.arch.x86 import boot
+
+    pvm = os.path.isdir("/sys/module/kvm_pvm")
+    try:
+        with Kvm() as kvm:
+            vm = kvm.create_vm()
+            mem = GuestMemory.anonymous([(0, 2 << 20)])
+            try:
+                import ctypes
+                r = mem.regions[0]
+                addr = ctypes.addressof(ctypes.c_char.from_buffer(r.mapping))
+                vm.set_user_memory_region(0, 0, r.size, addr)
+                boot.write_page_tables_small(mem)
+                boot.write_gdt(mem)
+                mem.write(0x100000, b"\xcc\xf4")  # int3; hlt
+                vcpu = vm.create_vcpu(0)
+                vcpu.set_sregs(boot.long_mode_sregs(vcpu.get_sregs()))
+                vcpu.set_regs(boot.boot_regs(0x100000))
+                reason = vcpu.run()
+                if reason == Exit.INTERNAL_ERROR and \
+                        vcpu.run_state.exit.internal.suberror == InternalError.EMULATION:
+                    result = (True, "KVM emulates guest kernel code here and lacks int3"
+                              + (" (kvm_pvm backend)" if pvm else ""))
+                elif reason == Exit.SHUTDOWN:
+                    result = (False, "hardware virtualization runs guest kernel code natively")
+                else:
+                    result = (pvm, f"probe ended with exit {reason}; "
+                              + ("kvm_pvm loaded: assuming an emulating host" if pvm else "assuming native"))
+                vcpu.close()
+            finally:
+                vm.close()
+    except Exception as e:  # the probe must never stop a VM from starting
+        result = (pvm, f"probe failed ({e}); " + ("kvm_pvm loaded" if pvm else "assuming native"))
+    log.debug("host probe: %s", result)
+    return result

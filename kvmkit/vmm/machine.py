@@ -1,0 +1,479 @@
+"""One VM's life: build a PC on /dev/kvm from a validated config, run its
+vCPU threads, and answer the control API (:class:`kvmkit.vmm.api.VmControl`).
+
+Build order: Kvm -> Vm -> in-kernel irqchip + PIT -> guest RAM slots ->
+devices on the port/MMIO buses -> kernel, initrd, zero page, MP table ->
+vCPUs (CPUID, MSRs, LAPIC, registers).  ``reset`` replays the parts that a
+power cycle changes, in place, with the vCPUs parked.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from kvmkit.arch.x86 import boot, layout
+from kvmkit.arch.x86.bootparams import E820_RAM, E820_RESERVED, E820Entry, ZeroPage
+from kvmkit.arch.x86.cpuid import CpuidPolicy, build_cpuid
+from kvmkit.arch.x86.loader import KernelImage, parse_kernel
+from kvmkit.arch.x86.msrs import boot_msrs
+from kvmkit.arch.x86.mptable import MPTABLE_ADDR, build_mptable
+from kvmkit.devices.bus import Bus
+from kvmkit.devices.context import DeviceContext, MmioAllocator
+from kvmkit.devices.debugport import DEBUGCON_PORT, EXIT_PORT, DebugCon, DebugExit
+from kvmkit.devices.i8042 import CTRL_ALT_DEL, KBD_IRQ, I8042
+from kvmkit.devices.rtc import CmosRtc
+from kvmkit.devices.serial import COM1_IRQ, COM1_PORT, Serial8250
+from kvmkit.errors import ConfigError, GuestError, KvmUnavailableError
+from kvmkit.kvm import Cap, Kvm
+from kvmkit.kvm.constants import MpState
+from kvmkit.memory.guest_memory import GuestMemory
+from kvmkit.vmm import hostcompat
+from kvmkit.vmm.api import ExitReason, RunState, VmEvent
+from kvmkit.vmm.config import VmConfig
+from kvmkit.vmm.console import Console
+from kvmkit.vmm.emulation import InstructionCompleter
+from kvmkit.vmm.interrupts import KvmInterruptController
+from kvmkit.vmm.vcpu_loop import VcpuThread, install_kick_handler
+
+log = logging.getLogger("kvmkit.vmm")
+
+REQUIRED_CAPS = (Cap.IRQCHIP, Cap.USER_MEMORY, Cap.SET_TSS_ADDR, Cap.PIT2, Cap.IOEVENTFD,
+                 Cap.IRQFD, Cap.IMMEDIATE_EXIT, Cap.EXT_CPUID)
+APIC_LVT_LINT0, APIC_LVT_LINT1 = 0x350, 0x360
+APIC_MODE_EXTINT, APIC_MODE_NMI = 0x7, 0x4
+KVM_PV_MSRS = (0x4B564D00, 0x4B564D01, 0x4B564D02, 0x4B564D03, 0x4B564D04, 0x11, 0x12)
+
+EXIT_STATUS = {ExitReason.POWEROFF: 0, ExitReason.HOST_QUIT: 0, ExitReason.REBOOT: 32,
+               ExitReason.TRIPLE_FAULT: 33, ExitReason.ERROR: 1}
+
+
+class Machine:
+    """A running (or runnable) VM.  Use as a context manager, or call
+    :meth:`start`, :meth:`wait` and :meth:`close`."""
+
+    def __init__(self, config: VmConfig, *, compat: hostcompat.HostCompat | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.uuid = config.uuid
+        self.kernel: KernelImage = parse_kernel(config.kernel)
+        self.compat = compat or hostcompat.resolve(config.host_compat)
+        log.info("%s", self.compat.describe())
+        self._state = RunState.PRELAUNCH
+        self._subscribers: list[Callable[[VmEvent], None]] = []
+        self._ctl = threading.Condition()
+        self._control_pending = False
+        self._pause_requested = False
+        self._stopping = False
+        self._parked = 0
+        self._done = threading.Event()
+        self._paused_clock: int | None = None
+        self.exit_reason: ExitReason | None = None
+        self.exit_status: int | None = None
+        self.error: Exception | None = None
+        self.coalesced_handler = None
+        self.threads: list[VcpuThread] = []
+        self.virtio_devices: list[Any] = []
+        install_kick_handler()
+        self.console = Console(config.serial, on_quit=self.quit)
+        try:
+            self._build()
+        except BaseException:
+            self._teardown()
+            raise
+
+    # ------------------------------------------------------------ build
+    def _build(self) -> None:
+        cfg = self.config
+        self.kvm = Kvm()
+        for cap in REQUIRED_CAPS:
+            if not self.kvm.check_extension(cap):
+                raise KvmUnavailableError(f"/dev/kvm lacks the {cap.name} capability kvmkit needs")
+        max_vcpus = self.kvm.max_vcpus()
+        if cfg.cpus > max_vcpus:
+            raise ConfigError(f"--cpus {cfg.cpus} is more than this host's KVM allows ({max_vcpus})")
+        if cfg.cpus > 254:
+            raise ConfigError(f"--cpus {cfg.cpus}: at most 254 vCPUs without x2APIC support")
+        self.vm = vm = self.kvm.create_vm()
+        vm.set_tss_addr(layout.TSS_ADDR)
+        vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
+        vm.create_irqchip()
+        vm.create_pit2()
+        self.memory = GuestMemory.anonymous(layout.ram_layout(cfg.memory))
+        for r in self.memory.regions:
+            r.mapping.madvise(mmap.MADV_MERGEABLE) if hasattr(mmap, "MADV_MERGEABLE") else None
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(r.mapping))
+            vm.set_user_memory_region(r.slot, r.guest_phys_addr, r.size, addr)
+        self.irq = KvmInterruptController(vm)
+        self.pio_bus = Bus("pio")
+        self.mmio_bus = Bus("mmio")
+        self.serial = Serial8250(self.irq.irq_line(COM1_IRQ), self.console.write)
+        self.console.attach_input(self.serial.receive)
+        self.i8042 = I8042(self.irq.irq_line(KBD_IRQ), self._i8042_reset)
+        self.rtc = CmosRtc(cfg.memory)
+        self.pio_bus.register(COM1_PORT, 8, self.serial)
+        self.pio_bus.register(0x60, 5, self.i8042)
+        self.pio_bus.register(0x70, 2, self.rtc)
+        self.debug_output = bytearray()
+        if cfg.debug_ports:
+            self.pio_bus.register(DEBUGCON_PORT, 1, DebugCon(self.debug_output.extend))
+            self.pio_bus.register(EXIT_PORT, 4, DebugExit(self._debug_exit))
+        self.device_context = DeviceContext(
+            memory=self.memory, pio_bus=self.pio_bus, mmio_bus=self.mmio_bus, irq=self.irq,
+            vm=vm, mmio=MmioAllocator(layout.PCI_MMIO_START, layout.PCI_MMIO_END))
+        if cfg.virtio is not None:
+            from kvmkit.devices.virtio.attach import attach_virtio
+            self.virtio_devices = attach_virtio(self.device_context, cfg.virtio)
+        self.completer = InstructionCompleter(self.memory, self.compat.complete_int3,
+                                              self.compat.complete_clac_stac)
+        self._initial_devices = self._device_states()
+        self._load_guest()
+        self._create_vcpus()
+        self._initial_irqchips = [vm.get_irqchip(i) for i in range(3)]
+        self._initial_pit = vm.get_pit2()
+
+    def _device_states(self) -> dict[str, dict]:
+        return {"serial": self.serial.save_state(), "i8042": self.i8042.save_state(),
+                "rtc": self.rtc.save_state()}
+
+    @property
+    def cmdline(self) -> str:
+        parts = [self.config.cmdline, *self.compat.cmdline_extra, *self.device_context.kernel_cmdline]
+        return " ".join(p for p in parts if p)
+
+    def _load_guest(self) -> None:
+        """Kernel, initrd, command line, zero page, MP table, page tables."""
+        cfg, mem, k = self.config, self.memory, self.kernel
+        low_end = self.memory.regions[0].end
+        if k.end > low_end:
+            raise ConfigError(f"kernel {k.path} needs {k.end >> 20} MiB of memory; "
+                              f"the VM has {cfg.memory >> 20} MiB")
+        k.load(mem)
+        zp = ZeroPage(k.setup_header if k.kind == "bzimage" else None)
+        cmdline = self.cmdline.encode()
+        if len(cmdline) >= min(k.cmdline_size, layout.CMDLINE_MAX):
+            raise ConfigError(f"kernel command line is {len(cmdline)} bytes; "
+                              f"this kernel accepts at most {k.cmdline_size - 1}")
+        mem.write(layout.CMDLINE_ADDR, cmdline + b"\0")
+        zp.set_cmdline(layout.CMDLINE_ADDR, len(cmdline))
+        if cfg.initrd is not None:
+            size = cfg.initrd.stat().st_size
+            top = min(k.initrd_addr_max + 1, low_end)
+            addr = (top - size) & ~(layout.PAGE_SIZE - 1)
+            if addr < k.end:
+                raise ConfigError(f"initrd {cfg.initrd} ({size >> 20} MiB) does not fit in "
+                                  f"{cfg.memory >> 20} MiB beside the kernel")
+            with open(cfg.initrd, "rb") as f:
+                if f.readinto(mem.view(addr, size)) != size:
+                    raise ConfigError(f"initrd {cfg.initrd}: short read")
+            zp.set_initrd(addr, size)
+        e820 = [E820Entry(0, layout.EBDA_START, E820_RAM),
+                E820Entry(layout.EBDA_START, layout.EBDA_END - layout.EBDA_START, E820_RESERVED),
+                E820Entry(layout.BIOS_START, layout.BIOS_END - layout.BIOS_START, E820_RESERVED),
+                E820Entry(layout.HIMEM_START, low_end - layout.HIMEM_START, E820_RAM)]
+        for r in self.memory.regions[1:]:
+            e820.append(E820Entry(r.guest_phys_addr, r.size, E820_RAM))
+        zp.set_e820(e820)
+        mem.write(layout.ZERO_PAGE_ADDR, zp.bytes())
+        mem.write(MPTABLE_ADDR, build_mptable(cfg.cpus))
+        boot.write_page_tables(mem)
+        boot.write_gdt(mem)
+
+    def _create_vcpus(self) -> None:
+        supported = self.kvm.supported_cpuid()
+        policy = CpuidPolicy(hide=self.compat.hide_cpuid)
+        msr_index = set(self.kvm.msr_index_list())
+        self.vcpus = []
+        self._initial_lapic = []
+        for i in range(self.config.cpus):
+            vcpu = self.vm.create_vcpu(i)
+            vcpu.set_cpuid2(build_cpuid(supported, policy, i, self.config.cpus))
+            self.vcpus.append(vcpu)
+            lapic = vcpu.get_lapic()
+            regs = bytearray(lapic.regs)
+            for off, mode in ((APIC_LVT_LINT0, APIC_MODE_EXTINT), (APIC_LVT_LINT1, APIC_MODE_NMI)):
+                v = int.from_bytes(regs[off:off + 4], "little")
+                v = (v & ~0x700) | (mode << 8)
+                regs[off:off + 4] = v.to_bytes(4, "little")
+            lapic.regs = bytes(regs)
+            self._initial_lapic.append(bytes(regs))
+        self._msr_index = msr_index
+        self._reset_vcpus()
+
+    def _reset_vcpus(self) -> None:
+        from kvmkit.kvm.structs import kvm_lapic_state
+        msrs = boot_msrs(self._msr_index)
+        msrs.update({m: 0 for m in KVM_PV_MSRS if m in self._msr_index})
+        for i, vcpu in enumerate(self.vcpus):
+            lapic = kvm_lapic_state()
+            lapic.regs = self._initial_lapic[i]
+            vcpu.set_lapic(lapic)
+            vcpu.set_msrs(msrs)
+            ev = vcpu.get_vcpu_events()
+            ev.exception.injected = ev.exception.pending = 0
+            ev.interrupt.injected = 0
+            ev.nmi.injected = ev.nmi.pending = 0
+            ev.flags = 0
+            vcpu.set_vcpu_events(ev)
+            if i == 0:
+                vcpu.set_sregs(boot.long_mode_sregs(vcpu.get_sregs()))
+                vcpu.set_regs(boot.boot_regs(self.kernel.entry))
+                fpu = vcpu.get_fpu()
+                fpu.fcw, fpu.mxcsr = 0x37F, 0x1F80
+                vcpu.set_fpu(fpu)
+                vcpu.set_mp_state(MpState.RUNNABLE)
+            else:
+                vcpu.set_mp_state(MpState.UNINITIALIZED)
+
+    # ------------------------------------------------------------ running
+    def start(self) -> "Machine":
+        if self.threads:
+            return self
+        if self.config.start_paused:
+            with self._ctl:
+                self._pause_requested = self._control_pending = True
+        self.threads = [VcpuThread(self, v) for v in self.vcpus]
+        for t in self.threads:
+            t.start()
+        self._set_state(RunState.PAUSED if self.config.start_paused else RunState.RUNNING)
+        return self
+
+    def __enter__(self) -> "Machine":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def state(self) -> RunState:
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> ExitReason | None:
+        """Block until the VM ends; returns why (None on timeout)."""
+        self._done.wait(timeout)
+        return self.exit_reason
+
+    def _vcpu_checkpoint(self, t: VcpuThread) -> bool:
+        """Called by a vCPU thread when control is pending: park while
+        paused; False when the thread must end."""
+        with self._ctl:
+            if self._stopping:
+                return False
+            if not self._pause_requested:
+                t.vcpu.run_state.immediate_exit = 0
+                return True
+            self._parked += 1
+            self._ctl.notify_all()
+            while self._pause_requested and not self._stopping:
+                self._ctl.wait()
+            self._parked -= 1
+            self._ctl.notify_all()
+            t.vcpu.run_state.immediate_exit = 0
+            return not self._stopping
+
+    def _park_all(self) -> None:
+        with self._ctl:
+            self._pause_requested = self._control_pending = True
+        for t in self.threads:
+            if t is not threading.current_thread():
+                t.kick()
+        with self._ctl:
+            live = [t for t in self.threads if t.is_alive() and t is not threading.current_thread()]
+            self._ctl.wait_for(lambda: self._parked >= len(live) or self._stopping, timeout=30)
+
+    def _unpark_all(self) -> None:
+        with self._ctl:
+            self._pause_requested = False
+            self._control_pending = self._stopping
+            for t in self.threads:
+                t.vcpu.run_state.immediate_exit = 0
+            self._ctl.notify_all()
+
+    # ------------------------------------------------------------ control API
+    def pause(self) -> None:
+        if self._state != RunState.RUNNING:
+            return
+        self._park_all()
+        try:
+            self._paused_clock = self.vm.get_clock().clock
+            for v in self.vcpus:
+                try:
+                    v.kvmclock_ctrl()  # tell the guest it was paused: no soft-lockup warnings
+                except Exception:
+                    pass  # EINVAL until the guest has registered kvmclock
+        except Exception:
+            self._paused_clock = None
+        self._set_state(RunState.PAUSED)
+        self._emit("STOP")
+
+    def resume(self) -> None:
+        if self._state != RunState.PAUSED:
+            return
+        if self._paused_clock is not None:
+            self.vm.set_clock(self._paused_clock)
+            self._paused_clock = None
+        self._set_state(RunState.RUNNING)
+        self._unpark_all()
+        self._emit("RESUME")
+
+    def reset(self, reason: str = "host-qmp-system-reset", guest: bool = False) -> None:
+        """Power-cycle in place: RAM cleared, kernel reloaded, devices and vCPUs reset."""
+        was_paused = self._state == RunState.PAUSED
+        self._park_all()
+        if self._stopping:
+            return
+        for r in self.memory.regions:
+            r.mapping.madvise(mmap.MADV_DONTNEED)  # private anonymous: reads back as zeros
+        for chip in self._initial_irqchips:
+            self.vm.set_irqchip(chip)
+        self.vm.set_pit2(self._initial_pit)
+        self.serial.load_state(self._initial_devices["serial"])
+        self.i8042.load_state(self._initial_devices["i8042"])
+        self.rtc.load_state(self._initial_devices["rtc"])
+        for d in self.virtio_devices:
+            if hasattr(d, "reset"):
+                d.reset()
+        self._load_guest()
+        self._reset_vcpus()
+        self._emit("RESET", {"guest": guest, "reason": reason})
+        if not was_paused:
+            self._unpark_all()
+
+    def powerdown(self) -> None:
+        """Ask the guest to shut down: Ctrl-Alt-Del through the keyboard controller."""
+        self._emit("POWERDOWN")
+        self.i8042.send_keys(CTRL_ALT_DEL)
+
+    def quit(self) -> None:
+        self._finish(ExitReason.HOST_QUIT, {"guest": False, "reason": "host-qmp-quit"})
+
+    def subscribe(self, callback: Callable[[VmEvent], None]) -> Callable[[], None]:
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def query_cpus(self) -> list[dict[str, Any]]:
+        out = []
+        for i, t in enumerate(self.threads or [None] * len(self.vcpus)):
+            out.append({"cpu-index": i, "thread-id": t.native_id if t else os.getpid(),
+                        "qom-path": f"/machine/unattached/device[{i}]", "target": "x86_64",
+                        "props": {"core-id": 0, "thread-id": 0, "socket-id": i, "node-id": 0}})
+        return out
+
+    def cpu_registers(self, cpu_index: int) -> dict[str, int]:
+        if not 0 <= cpu_index < len(self.vcpus):
+            raise ValueError(f"no CPU {cpu_index}: the VM has {len(self.vcpus)}")
+        # A vCPU's registers can only be read while it is out of KVM_RUN.
+        running = self._state == RunState.RUNNING and not self._done.is_set()
+        if running:
+            self._park_all()
+        try:
+            v = self.vcpus[cpu_index]
+            regs, sregs = v.get_regs(), v.get_sregs()
+        finally:
+            if running:
+                self._unpark_all()
+        out = {n: getattr(regs, n) for n, _ in regs._fields_}
+        for seg in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"):
+            s = getattr(sregs, seg)
+            out[seg] = s.selector
+            out[seg + "_base"] = s.base
+            out[seg + "_limit"] = s.limit
+        for n in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base"):
+            out[n] = getattr(sregs, n)
+        out["gdt_base"], out["gdt_limit"] = sregs.gdt.base, sregs.gdt.limit
+        out["idt_base"], out["idt_limit"] = sregs.idt.base, sregs.idt.limit
+        return out
+
+    def query_block(self) -> list[dict[str, Any]]:
+        return [d.query() for d in self.virtio_devices if getattr(d, "kind", "") == "block"]
+
+    @property
+    def exit_counts(self) -> dict[str, int]:
+        return {"total": sum(t.exits for t in self.threads)}
+
+    # ------------------------------------------------------------ events
+    def _set_state(self, state: RunState) -> None:
+        self._state = state
+
+    def _emit(self, name: str, data: dict | None = None) -> None:
+        ev = VmEvent(name, data or {})
+        for cb in list(self._subscribers):
+            try:
+                cb(ev)
+            except Exception:
+                log.exception("event subscriber failed")
+
+    # ------------------------------------------------------------ endings
+    def _i8042_reset(self) -> None:
+        self._guest_reset("guest-reset")
+
+    def _guest_reset(self, reason: str) -> None:
+        if self.config.reboot_action == "reset":
+            threading.Thread(target=self.reset, kwargs={"reason": reason, "guest": True},
+                             daemon=True).start()
+            return
+        why = ExitReason.TRIPLE_FAULT if reason == "triple-fault" else ExitReason.REBOOT
+        self._emit("RESET", {"guest": True, "reason": reason})
+        self._finish(why, {"guest": True, "reason": "guest-reset"})
+
+    def _guest_poweroff(self) -> None:
+        self._finish(ExitReason.POWEROFF, {"guest": True, "reason": "guest-shutdown"})
+
+    def _debug_exit(self, status: int) -> None:
+        self._finish(ExitReason.POWEROFF, {"guest": True, "reason": "guest-shutdown"}, status)
+
+    def _fail(self, error: Exception) -> None:
+        self.error = error
+        log.error("%s", error)
+        self._set_state(RunState.INTERNAL_ERROR)
+        self._finish(ExitReason.ERROR, None)
+
+    def _finish(self, reason: ExitReason, shutdown_data: dict | None, status: int | None = None) -> None:
+        with self._ctl:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._control_pending = True
+            self.exit_reason = reason
+            self.exit_status = EXIT_STATUS[reason] if status is None else status
+            self._ctl.notify_all()
+        if self._state != RunState.INTERNAL_ERROR:
+            self._set_state(RunState.SHUTDOWN)
+        if shutdown_data is not None:
+            self._emit("SHUTDOWN", shutdown_data)
+        for t in self.threads:
+            if t is not threading.current_thread():
+                t.kick()
+        self._done.set()
+
+    def close(self) -> None:
+        """Stop the VM if it runs, and release everything."""
+        if not self._done.is_set():
+            self._finish(ExitReason.HOST_QUIT, {"guest": False, "reason": "host-qmp-quit"})
+        for t in self.threads:
+            if t is not threading.current_thread():
+                t.join(timeout=10)
+        self._teardown()
+
+    def _teardown(self) -> None:
+        for d in getattr(self, "virtio_devices", []):
+            try:
+                d.close()
+            except Exception:
+                log.exception("closing %r", d)
+        for v in getattr(self, "vcpus", []):
+            v.close()
+        if getattr(self, "vm", None):
+            self.vm.close()
+        if getattr(self, "kvm", None):
+            self.kvm.close()
+        self.console.close()
