@@ -275,4 +275,4 @@ class kvm_run(_Struct):
     _fields_ = [("request_interrupt_window", u8), ("immediate_exit", u8), ("padding1", u8 * 6),
                 ("exit_reason", u32), ("ready_for_interrupt_injection", u8), ("if_flag", u8),
                 ("flags", u16), ("cr8", u64), ("apic_base", u64), ("exit", _kvm_run_exit),
-                ("kvm_valid_regs", u64), ("kvm_dirty_regs", u64)]
+                ("kvm_valid_regs", u64), ("kvm_dirty_regs", u64), ("s", C.c_char * 2048)]

@@ -237,10 +237,10 @@ class Machine:
         if self.config.start_paused:
             with self._ctl:
                 self._pause_requested = self._control_pending = True
+        self._set_state(RunState.PAUSED if self.config.start_paused else RunState.RUNNING)
         self.threads = [VcpuThread(self, v) for v in self.vcpus]
         for t in self.threads:
             t.start()
-        self._set_state(RunState.PAUSED if self.config.start_paused else RunState.RUNNING)
         return self
 
     def __enter__(self) -> "Machine":
