@@ -91,7 +91,7 @@ def kvm_msr_list(n: int) -> type[C.Structure]:
 
 
 class kvm_lapic_state(_Struct):
-    _fields_ = [("regs", C.c_char * 1024)]
+    _fields_ = [("regs", u8 * 1024)]
 
 
 class kvm_irqchip(_Struct):

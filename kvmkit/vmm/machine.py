@@ -200,7 +200,6 @@ class Machine:
                 v = int.from_bytes(regs[off:off + 4], "little")
                 v = (v & ~0x700) | (mode << 8)
                 regs[off:off + 4] = v.to_bytes(4, "little")
-            lapic.regs = bytes(regs)
             self._initial_lapic.append(bytes(regs))
         self._msr_index = msr_index
         self._reset_vcpus()
@@ -210,9 +209,7 @@ class Machine:
         msrs = boot_msrs(self._msr_index)
         msrs.update({m: 0 for m in KVM_PV_MSRS if m in self._msr_index})
         for i, vcpu in enumerate(self.vcpus):
-            lapic = kvm_lapic_state()
-            lapic.regs = self._initial_lapic[i]
-            vcpu.set_lapic(lapic)
+            vcpu.set_lapic(kvm_lapic_state.from_buffer_copy(self._initial_lapic[i]))
             vcpu.set_msrs(msrs)
             ev = vcpu.get_vcpu_events()
             ev.exception.injected = ev.exception.pending = 0
