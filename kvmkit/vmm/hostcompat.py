@@ -36,13 +36,24 @@ class HostCompat:
         if not self.enabled:
             return f"host-compat off ({self.reason})" if self.reason else "host-compat off"
         hidden = ", ".join(f"CPUID.{leaf:#x}:{reg.upper()}[{bit}]" for leaf, reg, bit in self.hide_cpuid)
+        hidden = hidden.replace("CPUID.0x40000001:EAX", "KVM-PV")
         return (f"host-compat on ({self.reason}): hide {hidden}; guest cmdline += "
                 f"'{' '.join(self.cmdline_extra)}'; int3 -> #BP injection; clac/stac completed in the VMM")
 
 
+# KVM paravirt features whose guest side issues hypercalls; the emulating
+# host never completes the hypercall instruction (the vCPU spins on it), so
+# the guest must fall back to plain IPIs, HLT and native TLB flushes.
+KVM_PV_HYPERCALL_FEATURES = tuple((cpuidbits.KVM_CPUID_FEATURES, "eax", bit) for bit in (
+    7,    # PV_UNHALT: KVM_HC_KICK_CPU
+    9,    # PV_TLB_FLUSH
+    11,   # PV_SEND_IPI: KVM_HC_SEND_IPI
+    13,   # PV_SCHED_YIELD: KVM_HC_SCHED_YIELD
+))
+
 EMULATING_HOST = HostCompat(
     enabled=True,
-    hide_cpuid=(cpuidbits.CX16,),
+    hide_cpuid=(cpuidbits.CX16, *KVM_PV_HYPERCALL_FEATURES),
     cmdline_extra=("noxsave", "clearcpuid=popcnt,smap"),
     complete_int3=True,
     complete_clac_stac=True,

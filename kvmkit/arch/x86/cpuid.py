@@ -66,6 +66,14 @@ def build_cpuid(supported: list[kvm_cpuid_entry2], policy: CpuidPolicy,
             e.eax = (e.eax & 0x03FFFFFF) | ((min(nr_vcpus, 64) - 1) << 26)
         elif e.function == 0x40000000 and policy.expose_kvm_pv:
             e.ebx, e.ecx, e.edx = (int.from_bytes(KVM_SIGNATURE[i:i + 4], "little") for i in (0, 4, 8))
+        elif e.function == 0x80000008:
+            # AMD core count: NC = cores - 1, ApicIdCoreIdSize = bits of APIC ID for the core
+            bits = max(1, (nr_vcpus - 1).bit_length()) if nr_vcpus > 1 else 0
+            e.ecx = (e.ecx & ~0xF0FF) | (bits << 12) | (min(nr_vcpus, 256) - 1)
+        elif e.function == 0x8000001E:
+            e.eax = vcpu_id
+            e.ebx = (e.ebx & ~0xFF) | vcpu_id   # one thread per core, core id = vCPU
+            e.ecx = 0
         elif e.function == 6:
             e.ecx &= ~1  # no APERF/MPERF: the guest would read MSRs we do not emulate
     if not policy.expose_kvm_pv:
