@@ -375,6 +375,7 @@ class Machine:
         try:
             v = self.vcpus[cpu_index]
             regs, sregs = v.get_regs(), v.get_sregs()
+            halted = v.get_mp_state() == MpState.HALTED
         finally:
             if running:
                 self._unpark_all()
@@ -384,10 +385,13 @@ class Machine:
             out[seg] = s.selector
             out[seg + "_base"] = s.base
             out[seg + "_limit"] = s.limit
+            for attr in ("type", "s", "dpl", "present", "avl", "l", "db", "g"):
+                out[f"{seg}_{attr}"] = getattr(s, attr)
         for n in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base"):
             out[n] = getattr(sregs, n)
         out["gdt_base"], out["gdt_limit"] = sregs.gdt.base, sregs.gdt.limit
         out["idt_base"], out["idt_limit"] = sregs.idt.base, sregs.idt.limit
+        out["halted"] = int(halted)
         return out
 
     def query_block(self) -> list[dict[str, Any]]:

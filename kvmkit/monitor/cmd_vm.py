@@ -1,0 +1,89 @@
+"""Commands that query and steer the VM's run state, through VmControl only.
+
+Reply shapes and state rules follow QEMU 7.2 (``qapi/run-state.json``,
+``softmmu/cpus.c``): ``stop`` on a stopped VM and ``cont`` on a running one
+succeed silently without events, and ``cont`` refuses a VM that needs a
+reset first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvmkit.monitor.commands import Command, CommandContext
+from kvmkit.monitor.protocol import QmpError
+from kvmkit.vmm.api import RunState
+
+#: States from which only system_reset brings the VM back (QEMU's
+#: runstate_needs_reset).
+NEEDS_RESET = frozenset({RunState.INTERNAL_ERROR, RunState.SHUTDOWN, RunState.GUEST_PANICKED})
+
+
+def status_info(state: RunState) -> dict[str, Any]:
+    """QEMU's StatusInfo; also used by HMP ``info status``."""
+    return {"running": state is RunState.RUNNING, "singlestep": False, "status": state.value}
+
+
+def query_status(ctx: CommandContext) -> dict[str, Any]:
+    return status_info(ctx.control.state)
+
+
+def query_name(ctx: CommandContext) -> dict[str, Any]:
+    return {"name": ctx.control.name} if ctx.control.name else {}
+
+
+def query_uuid(ctx: CommandContext) -> dict[str, Any]:
+    return {"UUID": str(ctx.control.uuid)}
+
+
+def query_kvm(ctx: CommandContext) -> dict[str, Any]:
+    # kvmkit has no TCG fallback: a VM that exists runs on KVM.
+    return {"enabled": True, "present": True}
+
+
+def query_cpus_fast(ctx: CommandContext) -> list[dict[str, Any]]:
+    return ctx.control.query_cpus()
+
+
+def query_block(ctx: CommandContext) -> list[dict[str, Any]]:
+    return ctx.control.query_block()
+
+
+def stop(ctx: CommandContext) -> None:
+    if ctx.control.state is RunState.RUNNING:
+        ctx.control.pause()
+
+
+def cont(ctx: CommandContext) -> None:
+    state = ctx.control.state
+    if state in NEEDS_RESET:
+        raise QmpError("Resetting the Virtual Machine is required")
+    if state is not RunState.RUNNING:
+        ctx.control.resume()
+
+
+def system_reset(ctx: CommandContext) -> None:
+    ctx.control.reset()
+
+
+def system_powerdown(ctx: CommandContext) -> None:
+    ctx.control.powerdown()
+
+
+def quit_(ctx: CommandContext) -> None:
+    ctx.control.quit()
+
+
+COMMANDS = (
+    Command("query-status", query_status, blocking=False),
+    Command("query-name", query_name, blocking=False),
+    Command("query-uuid", query_uuid, blocking=False),
+    Command("query-kvm", query_kvm, blocking=False),
+    Command("query-cpus-fast", query_cpus_fast),
+    Command("query-block", query_block),
+    Command("stop", stop),
+    Command("cont", cont),
+    Command("system_reset", system_reset),
+    Command("system_powerdown", system_powerdown),
+    Command("quit", quit_),
+)
