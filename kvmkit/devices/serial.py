@@ -35,9 +35,13 @@ COM1_PORT, COM1_IRQ = 0x3F8, 4
 
 
 class Serial8250:
-    def __init__(self, irq_line, output: Callable[[bytes], None]) -> None:
+    def __init__(self, irq_line, output: Callable[[bytes], None],
+                 on_polled_tx: Callable[[bool], None] | None = None) -> None:
         self.irq = irq_line
         self.output = output
+        # Told whether the transmit register is polled (THR-empty interrupt
+        # off): then its writes may be coalesced by the VMM without an exit.
+        self.on_polled_tx = on_polled_tx
         self.lock = threading.Lock()
         self.rx: collections.deque[int] = collections.deque()
         self.ier = 0
@@ -60,9 +64,13 @@ class Serial8250:
 
     def write(self, offset: int, size: int, value: int) -> None:
         with self.lock:
+            was_polled = not self.ier & IER_THRI
             self._write(offset, value & 0xFF)
             self._update_irq()
+            polled = not self.ier & IER_THRI
         self._flush_tx()
+        if polled != was_polled and self.on_polled_tx is not None:
+            self.on_polled_tx(polled)
 
     def _read(self, off: int) -> int:
         dlab = self.lcr & LCR_DLAB

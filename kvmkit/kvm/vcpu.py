@@ -12,7 +12,6 @@ from kvmkit.kvm import ioctls as I
 from kvmkit.kvm import structs as S
 from kvmkit.kvm.fd import KvmFd, KvmIoctlError
 
-_COALESCED_ENTRY = C.sizeof(S.kvm_coalesced_mmio)
 
 
 class Vcpu(KvmFd):
@@ -48,21 +47,10 @@ class Vcpu(KvmFd):
         off = io.data_offset
         return memoryview(self.page)[off: off + io.size * io.count]
 
-    def drain_coalesced_mmio(self, handler) -> int:
-        """Hand every queued coalesced-MMIO write to ``handler(addr, data, pio)``."""
+    def coalesced_ring(self) -> memoryview:
+        """The VM's coalesced-MMIO/PIO ring (one per VM, mapped in every vCPU's page set)."""
         base = K.COALESCED_MMIO_PAGE_OFFSET * mmap.PAGESIZE
-        ring = memoryview(self.page)[base: base + mmap.PAGESIZE]
-        first = int.from_bytes(ring[0:4], "little")
-        last = int.from_bytes(ring[4:8], "little")
-        cap = (mmap.PAGESIZE - 8) // _COALESCED_ENTRY
-        n = 0
-        while first != last:
-            e = S.kvm_coalesced_mmio.from_buffer_copy(ring, 8 + first * _COALESCED_ENTRY)
-            handler(e.phys_addr, bytes(e.data[: e.len]), bool(e.pio))
-            first = (first + 1) % cap
-            ring[0:4] = first.to_bytes(4, "little")
-            n += 1
-        return n
+        return memoryview(self.page)[base: base + mmap.PAGESIZE]
 
     def _get(self, request: int, typ):
         obj = typ()

@@ -71,6 +71,9 @@ class Vm(KvmFd):
     def register_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
         self.ioctl(I.KVM_REGISTER_COALESCED_MMIO, S.kvm_coalesced_mmio_zone(addr, size, int(pio)))
 
+    def unregister_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
+        self.ioctl(I.KVM_UNREGISTER_COALESCED_MMIO, S.kvm_coalesced_mmio_zone(addr, size, int(pio)))
+
     def get_clock(self) -> S.kvm_clock_data:
         d = S.kvm_clock_data()
         self.ioctl(I.KVM_GET_CLOCK, d)

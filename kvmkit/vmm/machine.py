@@ -76,7 +76,7 @@ class Machine:
         self.exit_reason: ExitReason | None = None
         self.exit_status: int | None = None
         self.error: Exception | None = None
-        self.coalesced_handler = None
+        self.coalesced = None
         self.threads: list[VcpuThread] = []
         self.virtio_devices: list[Any] = []
         install_kick_handler()
@@ -112,7 +112,7 @@ class Machine:
         self.irq = KvmInterruptController(vm)
         self.pio_bus = Bus("pio")
         self.mmio_bus = Bus("mmio")
-        self.serial = Serial8250(self.irq.irq_line(COM1_IRQ), self.console.write)
+        self.serial = Serial8250(self.irq.irq_line(COM1_IRQ), self.console.write, self._serial_polled_tx)
         self.console.attach_input(self.serial.receive)
         self.i8042 = I8042(self.irq.irq_line(KBD_IRQ), self._i8042_reset)
         self.rtc = CmosRtc(cfg.memory)
@@ -134,8 +134,18 @@ class Machine:
         self._initial_devices = self._device_states()
         self._load_guest()
         self._create_vcpus()
+        if self.kvm.check_extension(Cap.COALESCED_PIO):
+            from kvmkit.vmm.coalesced import CoalescedWrites
+            self.coalesced = CoalescedWrites(vm, self.vcpus[0].coalesced_ring(), self.pio_bus, self.mmio_bus)
+            self._serial_polled_tx(True)
         self._initial_irqchips = [vm.get_irqchip(i) for i in range(3)]
         self._initial_pit = vm.get_pit2()
+
+    def _serial_polled_tx(self, polled: bool) -> None:
+        """Coalesce writes to COM1's transmit register while the guest polls
+        it (the kernel console): one exit per character instead of two."""
+        if self.coalesced is not None:
+            self.coalesced.set_zone(COM1_PORT, 1, True, polled)
 
     def _device_states(self) -> dict[str, dict]:
         return {"serial": self.serial.save_state(), "i8042": self.i8042.save_state(),
@@ -471,6 +481,8 @@ class Machine:
                 d.close()
             except Exception:
                 log.exception("closing %r", d)
+        if getattr(self, "coalesced", None) is not None:
+            self.coalesced.close()
         for v in getattr(self, "vcpus", []):
             v.close()
         if getattr(self, "vm", None):

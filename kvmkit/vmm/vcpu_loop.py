@@ -69,7 +69,9 @@ class VcpuThread(threading.Thread):
         page = memoryview(vcpu.page)
         pio_read, pio_write = m.pio_bus.read, m.pio_bus.write
         mmio_read, mmio_write = m.mmio_bus.read, m.mmio_bus.write
-        coalesced = m.coalesced_handler
+        coalesced = m.coalesced
+        drain = coalesced.drain if coalesced is not None else None
+        ring = coalesced.ring if coalesced is not None else None
         vcpu_run = vcpu.run
         counts = self.exit_counts
         EXIT_IO, EXIT_MMIO, EXIT_INTR, EXIT_HLT = Exit.IO, Exit.MMIO, Exit.INTR, Exit.HLT
@@ -80,8 +82,8 @@ class VcpuThread(threading.Thread):
                 continue
             reason = vcpu_run()
             self.exits += 1
-            if coalesced is not None:
-                vcpu.drain_coalesced_mmio(coalesced)
+            if ring is not None and ring[0:4] != ring[4:8]:
+                drain()
             if reason == EXIT_IO:
                 size = io.size
                 off = io.data_offset

@@ -105,3 +105,16 @@ def test_start_paused(tiny_guest, machine):
     assert m.state == RunState.PAUSED and _counter(m) == 0
     m.resume()
     _wait_counting(m)
+
+
+def test_polled_serial_console_costs_one_exit_per_character(tiny_guest, machine):
+    m = machine(tiny_guest("serial"))
+    assert m.wait(20) == ExitReason.POWEROFF, m.error
+    m.console.expect(rb"serial console ok\r\n", timeout=5)
+    chars = len(b"serial console ok\r\n")
+    exits = sum(t.exits for t in m.threads)
+    if m.coalesced is not None:   # THR writes ride the coalesced ring: only LSR reads exit
+        assert exits < chars + 5, exits
+        assert m.coalesced.replayed >= chars
+    else:
+        assert exits >= 2 * chars
