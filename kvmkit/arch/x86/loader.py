@@ -20,6 +20,7 @@ from kvmkit.errors import ConfigError
 ELF_MAGIC = b"\x7fELF"
 EM_X86_64 = 62
 PT_LOAD = 1
+ET_EXEC = 2
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,10 @@ def _bzimage_version(p: Path, head: bytes) -> str:
     off = struct.unpack_from("<H", head, 0x20E)[0]
     if not off:
         return ""
-    start = off + 0x200
-    if start + 1 >= len(head):
-        return ""
-    raw = head[start:start + 256].split(b"\0", 1)[0]
-    return raw.decode("ascii", "replace")
+    with open(p, "rb") as f:
+        f.seek(off + 0x200)
+        raw = f.read(256).split(b"\0", 1)[0]
+    return raw.decode("ascii", "replace") if raw.isascii() else ""
 
 
 def _parse_elf(p: Path) -> KernelImage:
@@ -131,6 +131,11 @@ def _parse_elf(p: Path) -> KernelImage:
             raise ConfigError(f"kernel {p}: not a little-endian ELF file")
         (e_type, e_machine, _ver, e_entry, e_phoff, _shoff, _flags, _ehsize,
          e_phentsize, e_phnum) = struct.unpack_from("<HHIQQQIHHH", ehdr, 16)
+        if e_type != ET_EXEC:
+            kind = {3: "a position-independent program or shared library",
+                    1: "a relocatable object file"}.get(e_type, f"ELF type {e_type}")
+            raise ConfigError(f"kernel {p}: {kind}, not a kernel (expected an ELF executable "
+                              "linked at physical addresses, like vmlinux)")
         if e_machine != EM_X86_64:
             raise ConfigError(f"kernel {p}: ELF machine {e_machine} is not x86-64")
         if e_phnum == 0 or e_phentsize < 56 or e_phnum > 256:
@@ -155,6 +160,8 @@ def _parse_elf(p: Path) -> KernelImage:
     # the segment that holds it.
     if entry >= 0xFFFF_FFFF_8000_0000:
         entry &= 0x7FFF_FFFF
+    if not any(s.gpa <= entry < s.gpa + s.mem_size for s in segments):
+        raise ConfigError(f"kernel {p}: entry point {entry:#x} is outside its loadable segments")
     return KernelImage(path=p, kind="elf", entry=entry, segments=tuple(segments),
                        end=end, version=_elf_version(p))
 
