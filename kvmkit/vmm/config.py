@@ -49,6 +49,7 @@ class VmConfig:
     start_paused: bool = False
     reboot_action: str = "exit"         # exit | reset: what a guest reboot does
     virtio: Any = None                  # kvmkit.devices.virtio.config.VirtioSpecs, when present
+    acpi: bool = True                   # ACPI tables + PM1 block: guest poweroff and a power button
 
     def __post_init__(self) -> None:
         if self.memory < MIN_MEMORY:

@@ -22,6 +22,9 @@ RFLAGS_AC = 1 << 18
 BP_VECTOR = 3
 
 INT3 = b"\xcc"
+FWAIT = b"\x9b"
+MF_VECTOR = 16
+X86_CR0_NE = 1 << 5
 CLAC = b"\x0f\x01\xca"
 STAC = b"\x0f\x01\xcb"
 
@@ -82,14 +85,20 @@ class InstructionCompleter:
             # the handler sees the RIP after the int3, as on hardware.
             regs.rip = rip + 1
             vcpu.set_regs(regs)
-            ev = vcpu.get_vcpu_events()
-            ev.exception.injected = 1
-            ev.exception.nr = BP_VECTOR
-            ev.exception.has_error_code = 0
-            ev.exception.pending = 0
-            ev.flags = 0
-            vcpu.set_vcpu_events(ev)
+            self._inject(vcpu, BP_VECTOR)
             self._count("int3")
+            return
+        if self.int3 and code.startswith(FWAIT):
+            # 9b is always an instruction of its own (fstsw = fwait; fnstsw).
+            # fwait only waits for pending x87 exceptions: none pending means
+            # it is a no-op; an unmasked pending one raises #MF, as on hardware.
+            fpu = vcpu.get_fpu()
+            pending = fpu.fsw & ~fpu.fcw & 0x3F
+            regs.rip = rip + 1
+            vcpu.set_regs(regs)
+            if pending and vcpu.get_sregs().cr0 & X86_CR0_NE:
+                self._inject(vcpu, MF_VECTOR)
+            self._count("fwait")
             return
         if self.clac_stac and (code.startswith(CLAC) or code.startswith(STAC)):
             if code.startswith(CLAC):
@@ -106,6 +115,16 @@ class InstructionCompleter:
             f"bytes {code.hex(' ') or '?'} ({disassemble(code, rip)}). "
             "This host runs guest kernel code in KVM's emulator, which lacks it; "
             "try a kernel that avoids it or report it with this line")
+
+    @staticmethod
+    def _inject(vcpu: Vcpu, vector: int) -> None:
+        ev = vcpu.get_vcpu_events()
+        ev.exception.injected = 1
+        ev.exception.nr = vector
+        ev.exception.has_error_code = 0
+        ev.exception.pending = 0
+        ev.flags = 0
+        vcpu.set_vcpu_events(ev)
 
     def _count(self, what: str) -> None:
         n = self.counts.get(what, 0) + 1

@@ -38,7 +38,7 @@ class HostCompat:
         hidden = ", ".join(f"CPUID.{leaf:#x}:{reg.upper()}[{bit}]" for leaf, reg, bit in self.hide_cpuid)
         hidden = hidden.replace("CPUID.0x40000001:EAX", "KVM-PV")
         return (f"host-compat on ({self.reason}): hide {hidden}; guest cmdline += "
-                f"'{' '.join(self.cmdline_extra)}'; int3 -> #BP injection; clac/stac completed in the VMM")
+                f"'{' '.join(self.cmdline_extra)}'; int3 -> #BP injection; fwait, clac, stac completed in the VMM")
 
 
 # KVM paravirt features whose guest side issues hypercalls; the emulating

@@ -17,12 +17,13 @@ import threading
 import time
 from typing import Any, Callable
 
-from kvmkit.arch.x86 import boot, layout
+from kvmkit.arch.x86 import acpi, boot, layout
 from kvmkit.arch.x86.bootparams import E820_RAM, E820_RESERVED, E820Entry, ZeroPage
 from kvmkit.arch.x86.cpuid import CpuidPolicy, build_cpuid
 from kvmkit.arch.x86.loader import KernelImage, parse_kernel
 from kvmkit.arch.x86.msrs import boot_msrs
 from kvmkit.arch.x86.mptable import MPTABLE_ADDR, build_mptable
+from kvmkit.devices.acpi_pm import AcpiPm
 from kvmkit.devices.bus import Bus
 from kvmkit.devices.context import DeviceContext, MmioAllocator
 from kvmkit.devices.debugport import DEBUGCON_PORT, EXIT_PORT, DebugCon, DebugExit
@@ -119,6 +120,11 @@ class Machine:
         self.pio_bus.register(COM1_PORT, 8, self.serial)
         self.pio_bus.register(0x60, 5, self.i8042)
         self.pio_bus.register(0x70, 2, self.rtc)
+        self.acpi_pm: AcpiPm | None = None
+        if cfg.acpi:
+            self.acpi_pm = AcpiPm(self.irq.irq_line(acpi.SCI_IRQ), on_poweroff=self._guest_poweroff,
+                                  soft_off_typ=acpi.SLP_TYP_S5)
+            self.pio_bus.register(acpi.PM1_EVT_PORT, acpi.PM_PORTS_LEN, self.acpi_pm)
         self.debug_output = bytearray()
         if cfg.debug_ports:
             self.pio_bus.register(DEBUGCON_PORT, 1, DebugCon(self.debug_output.extend))
@@ -126,6 +132,8 @@ class Machine:
         self.device_context = DeviceContext(
             memory=self.memory, pio_bus=self.pio_bus, mmio_bus=self.mmio_bus, irq=self.irq,
             vm=vm, mmio=MmioAllocator(layout.PCI_MMIO_START, layout.PCI_MMIO_END))
+        if self.acpi_pm is not None and acpi.SCI_IRQ in self.device_context.isa_irqs_free:
+            self.device_context.isa_irqs_free.remove(acpi.SCI_IRQ)   # the SCI owns IRQ 9
         if cfg.virtio is not None:
             from kvmkit.devices.virtio.attach import attach_virtio
             self.virtio_devices = attach_virtio(self.device_context, cfg.virtio)
@@ -148,8 +156,22 @@ class Machine:
             self.coalesced.set_zone(COM1_PORT, 1, True, polled)
 
     def _device_states(self) -> dict[str, dict]:
-        return {"serial": self.serial.save_state(), "i8042": self.i8042.save_state(),
-                "rtc": self.rtc.save_state()}
+        states = {"serial": self.serial.save_state(), "i8042": self.i8042.save_state(),
+                  "rtc": self.rtc.save_state()}
+        if self.acpi_pm is not None:
+            states["acpi_pm"] = self.acpi_pm.save_state()
+        return states
+
+    def _acpi_pci_root(self) -> acpi.PciRoot | None:
+        """The PCI host bridge for the DSDT: with ACPI, Linux only scans PCI
+        roots the DSDT names, so virtio-pci needs this to be found."""
+        from kvmkit.devices.pci.host import find_host_bridge
+        bridge = find_host_bridge(self.pio_bus)
+        if bridge is None:
+            return None
+        if bridge.shared_intx is None:
+            return acpi.PciRoot()
+        return acpi.PciRoot(intx_gsi=bridge.shared_intx[1], slots=tuple(s for s in sorted(bridge.slots) if s))
 
     @property
     def cmdline(self) -> str:
@@ -191,6 +213,9 @@ class Machine:
         zp.set_e820(e820)
         mem.write(layout.ZERO_PAGE_ADDR, zp.bytes())
         mem.write(MPTABLE_ADDR, build_mptable(cfg.cpus))
+        if self.acpi_pm is not None:
+            for addr, table in acpi.build_acpi_tables(cfg.cpus, pci=self._acpi_pci_root()):
+                mem.write(addr, table)
         boot.write_page_tables(mem)
         boot.write_gdt(mem)
 
@@ -346,6 +371,8 @@ class Machine:
         self.serial.load_state(self._initial_devices["serial"])
         self.i8042.load_state(self._initial_devices["i8042"])
         self.rtc.load_state(self._initial_devices["rtc"])
+        if self.acpi_pm is not None:
+            self.acpi_pm.load_state(self._initial_devices["acpi_pm"])
         for d in self.virtio_devices:
             if hasattr(d, "reset"):
                 d.reset()
@@ -356,9 +383,13 @@ class Machine:
             self._unpark_all()
 
     def powerdown(self) -> None:
-        """Ask the guest to shut down: Ctrl-Alt-Del through the keyboard controller."""
+        """Ask the guest to shut down: press the ACPI power button, or send
+        Ctrl-Alt-Del through the keyboard controller on a machine without ACPI."""
         self._emit("POWERDOWN")
-        self.i8042.send_keys(CTRL_ALT_DEL)
+        if self.acpi_pm is not None:
+            self.acpi_pm.press_power_button()
+        else:
+            self.i8042.send_keys(CTRL_ALT_DEL)
 
     def quit(self) -> None:
         self._finish(ExitReason.HOST_QUIT, {"guest": False, "reason": "host-qmp-quit"})

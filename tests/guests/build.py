@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).parent
-GUESTS = ("hello", "counter", "smp", "ring3", "serial", "echo")
+GUESTS = ("hello", "counter", "smp", "ring3", "serial", "echo", "acpi")
 
 
 def build(name: str, out_dir: Path) -> Path:

@@ -118,3 +118,24 @@ def test_polled_serial_console_costs_one_exit_per_character(tiny_guest, machine)
         assert m.coalesced.replayed >= chars
     else:
         assert exits >= 2 * chars
+
+
+def test_emulator_gaps_behave_as_on_hardware(tiny_guest, machine):
+    """int3, fwait, clac/stac at CPL0: completed by the VMM where KVM's
+    emulator lacks them (host-compat), native elsewhere; the guest checks."""
+    m = machine(tiny_guest("emugaps"))
+    assert m.wait(20) == ExitReason.POWEROFF, m.error
+    assert m.exit_status == (0x2A << 1) | 1, m.exit_status >> 1
+    if m.compat.enabled:
+        assert m.completer.counts.get("int3") == 1
+        assert m.completer.counts.get("fwait") == 1
+
+
+def test_unknown_emulation_failure_names_bytes_and_rip(tiny_guest, machine):
+    m = machine(tiny_guest("emugaps"), host_compat="off")
+    m.wait(20)
+    if not m.compat.enabled and m.exit_reason == ExitReason.ERROR:
+        msg = str(m.error)
+        assert "RIP 0x" in msg and "cc" in msg and "int3" in msg
+    else:  # a host that runs int3 natively
+        assert m.exit_status == (0x2A << 1) | 1

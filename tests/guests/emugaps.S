@@ -1,0 +1,62 @@
+/* Executes, at CPL0, the instructions KVM's emulator lacks on nested hosts
+ * (int3, fwait, clac/stac where CPUID has SMAP) and checks that each behaved
+ * as on hardware: the #BP handler saw the RIP after the int3, fwait was a
+ * no-op, clac/stac cleared/set RFLAGS.AC.  Exits with status (code << 1) | 1:
+ * code 0x2A = all good; anything else names the first check that failed. */
+#include "common.inc"
+.global _start
+.text
+_start:
+    lea rdi, [rip + idt + 3 * 16]     /* IDT entry 3 (#BP) -> bp_handler */
+    lea rax, [rip + bp_handler]
+    mov word ptr [rdi], ax
+    mov word ptr [rdi + 2], 0x10      /* the boot code segment */
+    mov word ptr [rdi + 4], 0x8E00
+    shr rax, 16
+    mov word ptr [rdi + 6], ax
+    shr rax, 16
+    mov dword ptr [rdi + 8], eax
+    lidt [rip + idtr]
+    xor r12d, r12d
+    int3
+after_int3:
+    cmp r12d, 1
+    jne fail1
+    lea rax, [rip + after_int3]
+    cmp r13, rax                      /* the handler's saved RIP */
+    jne fail2
+    fninit
+    fwait
+    mov eax, 7
+    xor ecx, ecx
+    cpuid
+    test ebx, 1 << 20                 /* SMAP? */
+    jz done
+    stac
+    pushfq
+    pop rax
+    test eax, 1 << 18
+    jz fail3
+    clac
+    pushfq
+    pop rax
+    test eax, 1 << 18
+    jnz fail4
+done:
+    EXIT 0x2A
+fail1: EXIT 1
+fail2: EXIT 2
+fail3: EXIT 3
+fail4: EXIT 4
+
+bp_handler:
+    inc r12d
+    mov r13, [rsp]                    /* saved RIP */
+    iretq
+
+#include "lib.inc"
+.data
+.align 16
+idt: .fill 32 * 16, 1, 0
+idtr: .word 32 * 16 - 1
+      .quad idt
