@@ -11,7 +11,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends \
     python3 python3-pip python3-venv ca-certificates \
-    gcc make bison flex bc libelf-dev libssl-dev cpio xz-utils zstd kmod dpkg-dev \
+    gcc make perl bison flex bc lz4 libelf-dev libssl-dev cpio xz-utils zstd kmod dpkg-dev binutils \
     busybox-static linux-source-6.1 \
     qemu-utils qemu-system-x86 iproute2
 # Use this Python if it lets us install into it; otherwise a venv in .venv

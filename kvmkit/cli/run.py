@@ -51,24 +51,43 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--paused", "-S", action="store_true", help="start with vCPUs paused (QMP cont runs them)")
     p.add_argument("--reboot", choices=("exit", "reset"), default="exit",
                    help="what a guest reboot does: exit kvmkit (status 32) or reset the VM (default exit)")
+    p.add_argument("--no-acpi", dest="acpi", action="store_false",
+                   help="no ACPI tables or power-management ports (MP table only; "
+                        "QMP system_powerdown then sends Ctrl-Alt-Del)")
     _add_virtio_options(p)
     p.set_defaults(handler=cmd_run)
 
 
 def _add_virtio_options(p: argparse.ArgumentParser) -> None:
-    try:
-        from kvmkit.devices.virtio import cli_options
-    except ImportError:
-        return
-    cli_options.add_arguments(p)
+    g = p.add_argument_group("virtio devices")
+    g.add_argument("--disk", action="append", default=[], metavar="SPEC",
+                   help="path=IMG[,format=raw|qcow2][,readonly=on][,cache=none|writeback]"
+                        "[,discard=unmap][,serial=S]: a virtio-blk disk (/dev/vda, vdb, ...; repeatable)")
+    g.add_argument("--net", action="append", default=[], metavar="SPEC", nargs="?", const="",
+                   help="[tap=NAME][,mac=52:54:00:..]: a virtio-net NIC on a tap (created if no name; repeatable)")
+    g.add_argument("--console", metavar="virtio[,out=FILE]", dest="virtio_console",
+                   help="a virtio console (hvc0)")
+    g.add_argument("--rng", action="store_true", help="a virtio-rng device fed from the host's getrandom()")
+    g.add_argument("--balloon", metavar="SPEC", nargs="?", const="", default=None,
+                   help="a virtio-balloon device ([deflate-on-oom=on|off])")
+    g.add_argument("--vsock", metavar="cid=N,uds=PATH",
+                   help="a virtio-vsock device; host side is a unix socket, Firecracker's convention")
+    g.add_argument("--virtio-transport", choices=("pci", "mmio"), default="pci",
+                   help="PCI with MSI-X (default) or virtio-mmio on the kernel command line")
 
 
 def _virtio_specs(args: argparse.Namespace):
-    try:
-        from kvmkit.devices.virtio import cli_options
-    except ImportError:
-        return None
-    return cli_options.specs_from_args(args)
+    """The virtio options as a VirtioSpecs (None when no device was asked for)."""
+    from kvmkit.devices.virtio import config as vc
+    specs = vc.VirtioSpecs(
+        transport=args.virtio_transport,
+        disks=tuple(vc.parse_disk(d) for d in args.disk),
+        nets=tuple(vc.parse_net(n) for n in args.net),
+        console=vc.parse_console(args.virtio_console) if args.virtio_console else None,
+        rng=args.rng,
+        balloon=vc.parse_balloon(args.balloon) if args.balloon is not None else None,
+        vsock=vc.parse_vsock(args.vsock) if args.vsock else None)
+    return None if specs.empty else specs
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -93,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cmdline = "console=ttyS0"
     config = VmConfig.build(kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=args.cpus,
                             serial=serial, host_compat=args.host_compat, name=args.name,
-                            start_paused=args.paused, reboot_action=args.reboot,
+                            start_paused=args.paused, reboot_action=args.reboot, acpi=args.acpi,
                             virtio=_virtio_specs(args))
     machine = Machine(config)
     if machine.compat.enabled:

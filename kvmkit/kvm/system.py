@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes as C
 import errno
 import os
 
@@ -47,34 +46,31 @@ class Kvm(KvmFd):
         """The most vCPUs one VM may have (KVM_CAP_MAX_VCPUS, else NR_VCPUS, else 4)."""
         return self.check_extension(Cap.MAX_VCPUS) or self.check_extension(Cap.NR_VCPUS) or 4
 
-    def supported_cpuid(self) -> list[S.kvm_cpuid_entry2]:
-        """KVM_GET_SUPPORTED_CPUID, growing the buffer until it fits."""
-        n = 64
+    def _query_growing(self, request: int, make, count_field: str, start: int, limit: int):
+        """Issue a query whose buffer size the caller must guess: grow it
+        while the kernel answers E2BIG."""
+        n = start
         while True:
-            buf = S.kvm_cpuid2(n)()
-            buf.nent = n
+            buf = make(n)()
+            setattr(buf, count_field, n)
             try:
-                self.ioctl(I.KVM_GET_SUPPORTED_CPUID, buf)
+                self.ioctl(request, buf)
             except KvmIoctlError as e:
-                if e.errno == errno.E2BIG and n < 4096:
-                    n *= 2
-                    continue
-                raise
-            return [S.kvm_cpuid_entry2.from_buffer_copy(buf.entries[i]) for i in range(buf.nent)]
-
-    def msr_index_list(self) -> list[int]:
-        n = 256
-        while True:
-            buf = S.kvm_msr_list(n)()
-            buf.nmsrs = n
-            try:
-                self.ioctl(I.KVM_GET_MSR_INDEX_LIST, buf)
-            except KvmIoctlError as e:
-                if e.errno == errno.E2BIG and n < 65536:
+                if e.errno == errno.E2BIG and n < limit:
                     n *= 4
                     continue
                 raise
-            return list(buf.indices[: buf.nmsrs])
+            return buf
+
+    def supported_cpuid(self) -> list[S.kvm_cpuid_entry2]:
+        """KVM_GET_SUPPORTED_CPUID."""
+        buf = self._query_growing(I.KVM_GET_SUPPORTED_CPUID, S.kvm_cpuid2, "nent", 64, 4096)
+        return [S.kvm_cpuid_entry2.from_buffer_copy(buf.entries[i]) for i in range(buf.nent)]
+
+    def msr_index_list(self) -> list[int]:
+        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores."""
+        buf = self._query_growing(I.KVM_GET_MSR_INDEX_LIST, S.kvm_msr_list, "nmsrs", 256, 65536)
+        return list(buf.indices[: buf.nmsrs])
 
     def create_vm(self) -> "Vm":
         from kvmkit.kvm.vm import Vm
