@@ -27,6 +27,14 @@ if [ -f /etc/kvmkit/modules ]; then
 	done < /etc/kvmkit/modules
 fi
 
+# ACPI power button (QMP system_powerdown) -> clean poweroff.
+if [ -d /sys/class/input ] && command -v acpid >/dev/null 2>&1; then
+	mkdir -p /etc/acpi/PWRF
+	printf '#!/bin/sh\nsync\npoweroff -f\n' > /etc/acpi/PWRF/00000080
+	chmod +x /etc/acpi/PWRF/00000080
+	acpid
+fi
+
 echo "kvmkit-guest: init started"
 
 set -f

@@ -25,6 +25,7 @@ INT3 = b"\xcc"
 FWAIT = b"\x9b"
 MF_VECTOR = 16
 X86_CR0_NE = 1 << 5
+LSL = b"\x0f\x03"
 CLAC = b"\x0f\x01\xca"
 STAC = b"\x0f\x01\xcb"
 
@@ -43,6 +44,40 @@ def instruction_bytes(vcpu: Vcpu, memory, rip: int) -> bytes:
     except Exception:
         pass
     return b""
+
+
+_REG64 = {"ax": "rax", "bx": "rbx", "cx": "rcx", "dx": "rdx", "si": "rsi", "di": "rdi",
+          "sp": "rsp", "bp": "rbp"}
+
+
+def _strip_rex(code: bytes) -> bytes:
+    i = 0
+    while i < len(code) and (code[i] == 0x66 or 0x40 <= code[i] <= 0x4F):
+        i += 1
+    return code[i:]
+
+
+def _reg_field(name: str) -> tuple[str, int]:
+    """kvm_regs field and operand width in bits for a capstone register name."""
+    if name.startswith("r") and name[1:].rstrip("dwb").isdigit():
+        base = name.rstrip("dwb") if name[-1] in "dwb" else name
+        width = {"d": 32, "w": 16, "b": 8}.get(name[-1], 64) if name != base else 64
+        return base, width
+    if len(name) == 3 and name[0] in "re":
+        return _REG64[name[1:]], 64 if name[0] == "r" else 32
+    return _REG64[name], 16
+
+
+def _read_reg(regs, name: str) -> int:
+    field, width = _reg_field(name)
+    return getattr(regs, field) & ((1 << width) - 1)
+
+
+def _write_reg(regs, name: str, value: int) -> None:
+    field, width = _reg_field(name)
+    if width == 16:
+        value = (getattr(regs, field) & ~0xFFFF) | (value & 0xFFFF)
+    setattr(regs, field, value & 0xFFFFFFFFFFFFFFFF)  # 32-bit writes zero-extend
 
 
 def disassemble(code: bytes, rip: int) -> str:
@@ -100,6 +135,9 @@ class InstructionCompleter:
                 self._inject(vcpu, MF_VECTOR)
             self._count("fwait")
             return
+        if self.int3 and _strip_rex(code).startswith(LSL) and self._complete_lsl(vcpu, regs, code, rip):
+            self._count("lsl")
+            return
         if self.clac_stac and (code.startswith(CLAC) or code.startswith(STAC)):
             if code.startswith(CLAC):
                 regs.rflags &= ~RFLAGS_AC
@@ -115,6 +153,47 @@ class InstructionCompleter:
             f"bytes {code.hex(' ') or '?'} ({disassemble(code, rip)}). "
             "This host runs guest kernel code in KVM's emulator, which lacks it; "
             "try a kernel that avoids it or report it with this line")
+
+    def _complete_lsl(self, vcpu: Vcpu, regs, code: bytes, rip: int) -> bool:
+        """``lsl reg, reg`` (Linux's NMI entry reads the CPU number this
+        way): load the segment limit of the selector from the GDT and set
+        ZF, as the CPU would at CPL0.  Memory operands are left to fail."""
+        try:
+            import capstone
+            from capstone import x86
+        except ImportError:
+            return False
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        md.detail = True
+        insn = next(md.disasm(code, rip), None)
+        if insn is None or insn.mnemonic != "lsl" or len(insn.operands) != 2:
+            return False
+        dst, src = insn.operands
+        if dst.type != x86.X86_OP_REG or src.type != x86.X86_OP_REG:
+            return False
+        dst_name, src_name = insn.reg_name(dst.reg), insn.reg_name(src.reg)
+        selector = _read_reg(regs, src_name) & 0xFFFF
+        sregs = vcpu.get_sregs()
+        ok, limit = False, 0
+        index = selector & ~7
+        if not selector & 4 and index and index + 7 <= sregs.gdt.limit:
+            t = vcpu.translate(sregs.gdt.base + index)
+            if t.valid:
+                desc = self.memory.read_u64(t.physical_address)
+                s_bit, typ, present = desc >> 44 & 1, desc >> 40 & 0xF, desc >> 47 & 1
+                if present and (s_bit or typ in (1, 2, 3, 9, 11)):
+                    limit = (desc & 0xFFFF) | (desc >> 48 & 0xF) << 16
+                    if desc >> 55 & 1:
+                        limit = (limit << 12) | 0xFFF
+                    ok = True
+        if ok:
+            _write_reg(regs, dst_name, limit)
+            regs.rflags |= 1 << 6
+        else:
+            regs.rflags &= ~(1 << 6)
+        regs.rip = rip + insn.size
+        vcpu.set_regs(regs)
+        return True
 
     @staticmethod
     def _inject(vcpu: Vcpu, vector: int) -> None:

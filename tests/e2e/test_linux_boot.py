@@ -46,13 +46,15 @@ class BootRecord:
 
 
 @pytest.fixture(scope="module")
-def fast_boot():
+def fast_boot(tmp_path_factory):
     """Boot the fast guest once with 2 vCPUs and 256 MiB until it ends."""
     from kvmkit.vmm.config import VmConfig
     from kvmkit.vmm.machine import Machine
     g = _assets("fast")
+    log = tmp_path_factory.mktemp("boot") / "console.log"
+    print(f"fast guest console: {log}")
     m = Machine(VmConfig.build(g.vmlinux, initrd=g.initrd, cmdline=g.cmdline + " panic=-1",
-                               memory="256M", cpus=2))
+                               memory="256M", cpus=2, serial=f"file:{log}"))
     rec = BootRecord(m, time.monotonic())
     m.start()
     try:

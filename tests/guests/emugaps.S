@@ -1,5 +1,5 @@
 /* Executes, at CPL0, the instructions KVM's emulator lacks on nested hosts
- * (int3, fwait, clac/stac where CPUID has SMAP) and checks that each behaved
+ * (int3, fwait, lsl, clac/stac where CPUID has SMAP) and checks that each behaved
  * as on hardware: the #BP handler saw the RIP after the int3, fwait was a
  * no-op, clac/stac cleared/set RFLAGS.AC.  Exits with status (code << 1) | 1:
  * code 0x2A = all good; anything else names the first check that failed. */
@@ -27,6 +27,15 @@ after_int3:
     jne fail2
     fninit
     fwait
+    mov eax, 0x10                     /* lsl of the boot code segment: 4 GiB */
+    xor ebx, ebx
+    lsl ebx, eax
+    jnz fail5
+    cmp ebx, 0xFFFFFFFF
+    jne fail6
+    mov eax, 0x08                     /* an empty descriptor: ZF clear */
+    lsl ebx, eax
+    jz fail7
     mov eax, 7
     xor ecx, ecx
     cpuid
@@ -48,6 +57,9 @@ fail1: EXIT 1
 fail2: EXIT 2
 fail3: EXIT 3
 fail4: EXIT 4
+fail5: EXIT 5
+fail6: EXIT 6
+fail7: EXIT 7
 
 bp_handler:
     inc r12d

@@ -17,7 +17,7 @@ CMDLINE_ADDR = 0x20000
 CMDLINE_MAX = 0x10000          # 64 KiB; the kernel reports its own limit in cmdline_size
 EBDA_START = 0x9FC00           # MP floating pointer + table live here
 EBDA_END = 0xA0000
-BIOS_START = 0xF0000
+BIOS_START = 0xE0000          # ACPI tables (0xE0000) and the MP table (0xF0000): reserved in e820
 BIOS_END = 0x100000
 HIMEM_START = 0x100000         # protected-mode kernel (bzImage) loads here
 
