@@ -39,5 +39,6 @@ class DeviceContext:
     irq: InterruptController
     vm: object                     # kvmkit.kvm.Vm, for ioeventfd/irqfd registration; None in unit tests
     mmio: MmioAllocator
-    isa_irqs_free: list[int] = field(default_factory=lambda: [5, 9, 10, 11])
+    # ISA IRQs no legacy device uses, then IOAPIC pins 16-23 (as Firecracker does)
+    isa_irqs_free: list[int] = field(default_factory=lambda: [5, 9, 10, 11, *range(16, 24)])
     kernel_cmdline: list[str] = field(default_factory=list)  # extra kernel args (virtio_mmio.device=...)

@@ -212,7 +212,10 @@ class Machine:
             e820.append(E820Entry(r.guest_phys_addr, r.size, E820_RAM))
         zp.set_e820(e820)
         mem.write(layout.ZERO_PAGE_ADDR, zp.bytes())
-        mem.write(MPTABLE_ADDR, build_mptable(cfg.cpus))
+        pci_root = self._acpi_pci_root()
+        pci_irqs = [(slot, 0, pci_root.intx_gsi) for slot in pci_root.slots] \
+            if pci_root is not None and pci_root.intx_gsi is not None else []
+        mem.write(MPTABLE_ADDR, build_mptable(cfg.cpus, pci_interrupts=pci_irqs))
         if self.acpi_pm is not None:
             for addr, table in acpi.build_acpi_tables(cfg.cpus, pci=self._acpi_pci_root()):
                 mem.write(addr, table)
@@ -436,7 +439,7 @@ class Machine:
         return out
 
     def query_block(self) -> list[dict[str, Any]]:
-        return [d.query() for d in self.virtio_devices if getattr(d, "kind", "") == "block"]
+        return [d.query() for d in self.virtio_devices if getattr(d, "kind", "") == "virtio-blk"]
 
     @property
     def exit_counts(self) -> dict[str, int]:

@@ -44,13 +44,14 @@ def test_attach_every_device(vm_ctx, tmp_path, transport):
     specs = VirtioSpecs(transport=transport, disks=(DiskSpec(str(img)),),
                         console=ConsoleSpec(str(tmp_path / "console.log")), rng=True,
                         balloon=BalloonSpec(),
-                        vsock=VsockSpec(3, str(tmp_path / "v.sock")) if transport == "pci" else None)
+                        vsock=VsockSpec(3, str(tmp_path / "v.sock")))
     devices = attach_virtio(vm_ctx, specs)
     try:
         kinds = ["virtio-blk", "virtio-console", "virtio-rng", "virtio-balloon", "virtio-vsock"]
         assert [d.kind for d in devices] == kinds[:len(devices)]
-        if transport == "mmio":                # four ISA lines: five devices need PCI
-            assert len(vm_ctx.kernel_cmdline) == 4 and not vm_ctx.isa_irqs_free
+        if transport == "mmio":     # free ISA lines first, then IOAPIC pins 16-23
+            assert len(vm_ctx.kernel_cmdline) == 5
+            assert [c.rsplit(":", 1)[1] for c in vm_ctx.kernel_cmdline] == ["5", "9", "10", "11", "16"]
         else:
             drv = VirtioPciDriver(vm_ctx, find_slot(vm_ctx.pio_bus, 0x1AF4, 0x1042))
             drv.enable_msix()

@@ -41,8 +41,9 @@ def build_mptable(nr_cpus: int, cpu_signature: int = 0x600, features: int = 0x20
     for irq in range(16):
         entries.append(struct.pack("<BBHBBBB", 3, MP_INT, 0, ISA_BUS_ID, irq, ioapic_id, irq))
     for slot, pin, gsi in pci_interrupts:
-        # PCI interrupts: active low, level triggered (polarity 3, trigger 3 << 2)
-        entries.append(struct.pack("<BBHBBBB", 3, MP_INT, 0xF, PCI_BUS_ID, (slot << 2) | pin, ioapic_id, gsi))
+        # Level-triggered, active high: KVM's IOAPIC XORs the line with the
+        # programmed polarity, and the VMM drives INTx as 1 = asserted.
+        entries.append(struct.pack("<BBHBBBB", 3, MP_INT, 0xD, PCI_BUS_ID, (slot << 2) | pin, ioapic_id, gsi))
     entries.append(struct.pack("<BBHBBBB", 4, MP_EXTINT, 0, ISA_BUS_ID, 0, 0xFF, 0))
     entries.append(struct.pack("<BBHBBBB", 4, MP_NMI, 0, ISA_BUS_ID, 0, 0xFF, 1))
     body = b"".join(entries)
