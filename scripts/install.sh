@@ -13,7 +13,7 @@ $SUDO apt-get install -y -q --no-install-recommends \
     python3 python3-pip python3-venv ca-certificates \
     gcc make perl bison flex bc lz4 libelf-dev libssl-dev cpio xz-utils zstd kmod dpkg-dev binutils \
     busybox-static linux-source-6.1 \
-    qemu-utils qemu-system-x86 iproute2
+    qemu-utils qemu-system-x86 iproute2 iputils-ping e2fsprogs acpica-tools
 # Use this Python if it lets us install into it; otherwise a venv in .venv
 # (Debian's system Python refuses pip installs: PEP 668).
 if python3 -m pip install -q -e '.[test]' 2>/dev/null; then
