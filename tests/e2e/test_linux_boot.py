@@ -158,3 +158,16 @@ def test_stock_kernel_boots_to_init():
                                 memory="512M", cpus=1)) as m:
         m.console.expect(rb"Linux version 6\.1", timeout=600, alive=lambda: m.running)
         m.console.expect(rb"Run /init as init process", timeout=3 * 3600, alive=lambda: m.running)
+
+
+def test_bzimage_boot_protocol_reaches_the_kernel():
+    """The other kernel form: the bzImage's protected-mode part at 1 MiB,
+    entered at its 64-bit entry; the kernel decompresses itself (under
+    emulation on these hosts) and prints its banner."""
+    from kvmkit.vmm.config import VmConfig
+    from kvmkit.vmm.machine import Machine
+    g = _assets("fast")
+    with Machine(VmConfig.build(g.bzimage, initrd=g.initrd, cmdline=g.cmdline, memory="256M")) as m:
+        assert m.kernel.kind == "bzimage"
+        m.console.expect(rb"Linux version 6\.1", timeout=BOOT_TIMEOUT, alive=lambda: m.running)
+        m.console.expect(rb"Command line: .*console=ttyS0", timeout=60, alive=lambda: m.running)
