@@ -35,10 +35,10 @@ class HostCompat:
     def describe(self) -> str:
         if not self.enabled:
             return f"host-compat off ({self.reason})" if self.reason else "host-compat off"
-        hidden = ", ".join(f"CPUID.{leaf:#x}:{reg.upper()}[{bit}]" for leaf, reg, bit in self.hide_cpuid)
-        hidden = hidden.replace("CPUID.0x40000001:EAX", "KVM-PV")
+        hidden = ", ".join(FEATURE_NAMES.get(f, f"CPUID.{f[0]:#x}:{f[1].upper()}[{f[2]}]")
+                           for f in self.hide_cpuid)
         return (f"host-compat on ({self.reason}): hide {hidden}; guest cmdline += "
-                f"'{' '.join(self.cmdline_extra)}'; int3 -> #BP injection; fwait, clac, stac completed in the VMM")
+                f"'{' '.join(self.cmdline_extra)}'; int3 -> #BP injection; fwait, lsl, clac, stac completed in the VMM")
 
 
 # KVM paravirt features whose guest side issues hypercalls; the emulating
@@ -50,6 +50,12 @@ KVM_PV_HYPERCALL_FEATURES = tuple((cpuidbits.KVM_CPUID_FEATURES, "eax", bit) for
     11,   # PV_SEND_IPI: KVM_HC_SEND_IPI
     13,   # PV_SCHED_YIELD: KVM_HC_SCHED_YIELD
 ))
+
+FEATURE_NAMES = {
+    cpuidbits.CX16: "cx16",
+    **{(cpuidbits.KVM_CPUID_FEATURES, "eax", bit): name for bit, name in (
+        (7, "kvm-pv-unhalt"), (9, "kvm-pv-tlb-flush"), (11, "kvm-pv-send-ipi"), (13, "kvm-pv-sched-yield"))},
+}
 
 EMULATING_HOST = HostCompat(
     enabled=True,
