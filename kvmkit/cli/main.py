@@ -13,7 +13,10 @@ from kvmkit.errors import KvmkitError
 SUBCOMMANDS = ("run", "guest", "img", "qmp")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (``only``) one with just that subcommand, so a
+    quick ``kvmkit img info`` does not import the VMM, the monitor and the
+    guest builder."""
     parser = argparse.ArgumentParser(
         prog="kvmkit",
         description="The user-space half of a KVM virtualization stack: boot Linux guests on "
@@ -24,13 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log more (-v: what the VMM applies, -vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     import importlib
-    for name in SUBCOMMANDS:
+    for name in SUBCOMMANDS if only is None else (only,):
         importlib.import_module(f"kvmkit.cli.{name}").add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(first if first in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="kvmkit: %(message)s")
