@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from kvmkit.monitor.commands import Command, CommandContext
-from kvmkit.monitor.protocol import QmpError
+from kvmkit.monitor.protocol import DEVICE_NOT_ACTIVE, QmpError
+from kvmkit.monitor.schema import INT, Arg
 from kvmkit.vmm.api import RunState
 
 #: States from which only system_reset brings the VM back (QEMU's
@@ -49,6 +50,23 @@ def query_block(ctx: CommandContext) -> list[dict[str, Any]]:
     return ctx.control.query_block()
 
 
+NO_BALLOON = "No balloon device has been activated"
+
+
+def query_balloon(ctx: CommandContext) -> dict[str, Any]:
+    info = ctx.control.query_balloon()
+    if info is None:
+        raise QmpError(NO_BALLOON, DEVICE_NOT_ACTIVE)
+    return info
+
+
+def balloon(ctx: CommandContext, value: int) -> None:
+    if value <= 0:
+        raise QmpError("Parameter 'target' expects a size")
+    if not ctx.control.balloon(value):
+        raise QmpError(NO_BALLOON, DEVICE_NOT_ACTIVE)
+
+
 def stop(ctx: CommandContext) -> None:
     if ctx.control.state is RunState.RUNNING:
         ctx.control.pause()
@@ -81,6 +99,8 @@ COMMANDS = (
     Command("query-kvm", query_kvm, blocking=False),
     Command("query-cpus-fast", query_cpus_fast),
     Command("query-block", query_block),
+    Command("query-balloon", query_balloon),
+    Command("balloon", balloon, args=(Arg("value", INT),)),
     Command("stop", stop),
     Command("cont", cont),
     Command("system_reset", system_reset),

@@ -75,3 +75,9 @@ class VmControl(Protocol):
 
     def query_block(self) -> list[dict[str, Any]]:
         """QMP query-block entries for the VM's disks."""
+
+    def query_balloon(self) -> dict[str, Any] | None:
+        """``{"actual": guest RAM bytes minus the balloon}``; None without a balloon device."""
+
+    def balloon(self, target_bytes: int) -> bool:
+        """Ask the guest to keep ``target_bytes`` of RAM; False without a balloon device."""

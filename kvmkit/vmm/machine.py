@@ -441,6 +441,20 @@ class Machine:
     def query_block(self) -> list[dict[str, Any]]:
         return [d.query() for d in self.virtio_devices if getattr(d, "kind", "") == "virtio-blk"]
 
+    def _balloon(self):
+        return next((d for d in self.virtio_devices if getattr(d, "kind", "") == "virtio-balloon"), None)
+
+    def query_balloon(self) -> dict[str, Any] | None:
+        b = self._balloon()
+        return None if b is None else {"actual": b.guest_memory_size()}
+
+    def balloon(self, target_bytes: int) -> bool:
+        b = self._balloon()
+        if b is None:
+            return False
+        b.set_guest_memory(min(target_bytes, self.memory.total_size))
+        return True
+
     @property
     def exit_counts(self) -> dict[str, int]:
         return {"total": sum(t.exits for t in self.threads)}
