@@ -26,6 +26,7 @@ FWAIT = b"\x9b"
 MF_VECTOR = 16
 X86_CR0_NE = 1 << 5
 LSL = b"\x0f\x03"
+MXCSR_OPS = {2: "ldmxcsr", 3: "stmxcsr"}   # 0f ae /2, /3
 CLAC = b"\x0f\x01\xca"
 STAC = b"\x0f\x01\xcb"
 
@@ -138,6 +139,11 @@ class InstructionCompleter:
         if self.int3 and _strip_rex(code).startswith(LSL) and self._complete_lsl(vcpu, regs, code, rip):
             self._count("lsl")
             return
+        body = _strip_rex(code)
+        if self.int3 and body[:2] == b"\x0f\xae" and len(body) > 2 and (body[2] >> 3 & 7) in MXCSR_OPS \
+                and body[2] >> 6 != 3 and self._complete_mxcsr(vcpu, regs, code, rip):
+            self._count(MXCSR_OPS[body[2] >> 3 & 7])
+            return
         if self.clac_stac and (code.startswith(CLAC) or code.startswith(STAC)):
             if code.startswith(CLAC):
                 regs.rflags &= ~RFLAGS_AC
@@ -195,12 +201,76 @@ class InstructionCompleter:
         vcpu.set_regs(regs)
         return True
 
+    def _complete_mxcsr(self, vcpu: Vcpu, regs, code: bytes, rip: int) -> bool:
+        """``ldmxcsr m32`` / ``stmxcsr m32`` (the kernel's kernel_fpu_begin
+        loads the default MXCSR): move MXCSR between guest memory and the
+        vCPU's FPU state.  A reserved bit in a loaded value raises #GP."""
+        try:
+            import capstone
+            from capstone import x86
+        except ImportError:
+            return False
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        md.detail = True
+        insn = next(md.disasm(code, rip), None)
+        if insn is None or insn.mnemonic not in ("ldmxcsr", "stmxcsr") or len(insn.operands) != 1:
+            return False
+        op = insn.operands[0]
+        if op.type != x86.X86_OP_MEM:
+            return False
+        addr = self._effective_address(vcpu, regs, insn, op.mem)
+        phys = self._linear_to_physical(vcpu, addr, 4)
+        if phys is None:
+            return False
+        # MXCSR lives at dword 6 of the XSAVE area's legacy region (KVM_SET_FPU
+        # does not reach it on every host).
+        xsave = vcpu.get_xsave()
+        if insn.mnemonic == "ldmxcsr":
+            value = self.memory.read_u32(phys)
+            regs.rip = rip + insn.size
+            vcpu.set_regs(regs)
+            if value & ~0xFFFF:
+                self._inject(vcpu, 13, error_code=0)
+                return True
+            xsave.region[6] = value
+            vcpu.set_xsave(xsave)
+        else:
+            self.memory.write_u32(phys, xsave.region[6])
+            regs.rip = rip + insn.size
+            vcpu.set_regs(regs)
+        return True
+
     @staticmethod
-    def _inject(vcpu: Vcpu, vector: int) -> None:
+    def _effective_address(vcpu: Vcpu, regs, insn, mem) -> int:
+        from capstone import x86
+        addr = mem.disp
+        if mem.base == x86.X86_REG_RIP:
+            addr += insn.address + insn.size
+        elif mem.base:
+            addr += _read_reg(regs, insn.reg_name(mem.base))
+        if mem.index:
+            addr += _read_reg(regs, insn.reg_name(mem.index)) * mem.scale
+        if mem.segment in (x86.X86_REG_FS, x86.X86_REG_GS):
+            sregs = vcpu.get_sregs()
+            addr += (sregs.fs if mem.segment == x86.X86_REG_FS else sregs.gs).base
+        return addr & 0xFFFFFFFFFFFFFFFF
+
+    @staticmethod
+    def _linear_to_physical(vcpu: Vcpu, addr: int, length: int) -> int | None:
+        """Guest-physical address of ``length`` bytes at ``addr`` (None if not
+        mapped or if they cross into another page)."""
+        if (addr & 0xFFF) + length > 0x1000:
+            return None
+        t = vcpu.translate(addr)
+        return t.physical_address if t.valid else None
+
+    @staticmethod
+    def _inject(vcpu: Vcpu, vector: int, error_code: int | None = None) -> None:
         ev = vcpu.get_vcpu_events()
         ev.exception.injected = 1
         ev.exception.nr = vector
-        ev.exception.has_error_code = 0
+        ev.exception.has_error_code = int(error_code is not None)
+        ev.exception.error_code = error_code or 0
         ev.exception.pending = 0
         ev.flags = 0
         vcpu.set_vcpu_events(ev)

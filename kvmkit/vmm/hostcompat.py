@@ -38,7 +38,7 @@ class HostCompat:
         hidden = ", ".join(FEATURE_NAMES.get(f, f"CPUID.{f[0]:#x}:{f[1].upper()}[{f[2]}]")
                            for f in self.hide_cpuid)
         return (f"host-compat on ({self.reason}): hide {hidden}; guest cmdline += "
-                f"'{' '.join(self.cmdline_extra)}'; int3 -> #BP injection; fwait, lsl, clac, stac completed in the VMM")
+                f"'{' '.join(self.cmdline_extra)}'; int3 -> #BP injection; fwait, lsl, ldmxcsr, stmxcsr, clac, stac completed in the VMM")
 
 
 # KVM paravirt features whose guest side issues hypercalls; the emulating

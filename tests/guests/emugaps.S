@@ -1,5 +1,5 @@
 /* Executes, at CPL0, the instructions KVM's emulator lacks on nested hosts
- * (int3, fwait, lsl, clac/stac where CPUID has SMAP) and checks that each behaved
+ * (int3, fwait, lsl, ldmxcsr/stmxcsr, clac/stac where CPUID has SMAP) and checks that each behaved
  * as on hardware: the #BP handler saw the RIP after the int3, fwait was a
  * no-op, clac/stac cleared/set RFLAGS.AC.  Exits with status (code << 1) | 1:
  * code 0x2A = all good; anything else names the first check that failed. */
@@ -36,6 +36,13 @@ after_int3:
     mov eax, 0x08                     /* an empty descriptor: ZF clear */
     lsl ebx, eax
     jz fail7
+    mov dword ptr [rip + mxcsr_in], 0x1F80 | 0x6000   /* round toward zero */
+    ldmxcsr [rip + mxcsr_in]
+    stmxcsr [rsp - 8]
+    cmp dword ptr [rsp - 8], 0x7F80
+    jne fail8
+    mov dword ptr [rip + mxcsr_in], 0x1F80
+    ldmxcsr [rip + mxcsr_in]
     mov eax, 7
     xor ecx, ecx
     cpuid
@@ -60,6 +67,7 @@ fail4: EXIT 4
 fail5: EXIT 5
 fail6: EXIT 6
 fail7: EXIT 7
+fail8: EXIT 8
 
 bp_handler:
     inc r12d
@@ -72,3 +80,4 @@ bp_handler:
 idt: .fill 32 * 16, 1, 0
 idtr: .word 32 * 16 - 1
       .quad idt
+mxcsr_in: .long 0
