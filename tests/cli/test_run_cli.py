@@ -129,3 +129,30 @@ def test_interactive_console_restores_terminal(tiny_guest):
     finally:
         os.waitpid(pid, 0)
         os.close(fd)
+
+
+@pytest.mark.kvm
+def test_serial_on_a_unix_socket(tiny_guest, tmp_path):
+    import socket
+    path = tmp_path / "console.sock"
+    proc = subprocess.Popen([*KVMKIT, "run", "--kernel", str(tiny_guest("echo")), "-m", "64M",
+                             "--serial", f"unix:{path}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not path.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(str(path))
+        c.settimeout(20)
+        c.sendall(b"ping")
+        got = b""
+        while b"ping" not in got:
+            got += c.recv(100)
+        c.sendall(b"q")
+        assert proc.wait(timeout=20) == 1       # the guest exits through the debug port on 'q'
+        c.close()
+        assert not path.exists()                # the socket is removed when the VM ends
+    finally:
+        proc.kill()
+        proc.wait()
