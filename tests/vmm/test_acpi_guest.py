@@ -15,9 +15,10 @@ pytestmark = pytest.mark.kvm
 
 
 def test_guest_powers_off_through_s5(tiny_guest, machine):
-    m = machine(tiny_guest("acpi"), cmdline="0")
+    m = machine(tiny_guest("acpi"), cmdline="0", start=False)
     events = []
-    m.subscribe(lambda ev: events.append((ev.name, ev.data)))
+    m.subscribe(lambda ev: events.append((ev.name, ev.data)))   # before start: the guest is quick
+    m.start()
     assert m.wait(30) == ExitReason.POWEROFF, m.error
     assert m.exit_status == 0, m.exit_status                  # odd statuses: the guest's failure codes
     assert events == [("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})]
