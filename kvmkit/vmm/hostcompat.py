@@ -60,7 +60,11 @@ FEATURE_NAMES = {
 EMULATING_HOST = HostCompat(
     enabled=True,
     hide_cpuid=(cpuidbits.CX16, *KVM_PV_HYPERCALL_FEATURES),
-    cmdline_extra=("noxsave", "clearcpuid=popcnt,smap"),
+    # popcnt and smap: emulator gaps (HOST-NOTES).  The SIMD extensions:
+    # distro kernels run SSSE3/SSE4/AES-NI/PCLMUL/SHA code in kernel mode
+    # (crypto self-tests at boot), which the emulator lacks; without them the
+    # kernel picks its generic C implementations.
+    cmdline_extra=("noxsave", "clearcpuid=popcnt,smap,ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,avx,avx2"),
     complete_int3=True,
     complete_clac_stac=True,
 )
