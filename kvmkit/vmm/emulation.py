@@ -27,6 +27,9 @@ MF_VECTOR = 16
 X86_CR0_NE = 1 << 5
 LSL = b"\x0f\x03"
 MXCSR_OPS = {2: "ldmxcsr", 3: "stmxcsr"}   # 0f ae /2, /3
+MXCSR_DEFAULT = 0x1F80
+XSTATE_BV_DWORD = 512 // 4                 # XSAVE header: which components the area holds
+XFEATURE_SSE, XFEATURE_YMM = 1 << 1, 1 << 2
 CLAC = b"\x0f\x01\xca"
 STAC = b"\x0f\x01\xcb"
 
@@ -233,9 +236,13 @@ class InstructionCompleter:
                 self._inject(vcpu, 13, error_code=0)
                 return True
             xsave.region[6] = value
+            # KVM takes MXCSR from the buffer only when XSTATE_BV marks SSE
+            # (or YMM) state present: mark it, or the write is dropped.
+            xsave.region[XSTATE_BV_DWORD] |= XFEATURE_SSE
             vcpu.set_xsave(xsave)
         else:
-            self.memory.write_u32(phys, xsave.region[6])
+            in_use = xsave.region[XSTATE_BV_DWORD] & (XFEATURE_SSE | XFEATURE_YMM)
+            self.memory.write_u32(phys, xsave.region[6] if in_use else MXCSR_DEFAULT)
             regs.rip = rip + insn.size
             vcpu.set_regs(regs)
         return True

@@ -6,12 +6,7 @@
 .text
 _start:
     lea rsi, [rip + ready]
-0:  mov bl, byte ptr [rsi]
-    test bl, bl
-    jz 1f
-    call putc
-    inc rsi
-    jmp 0b
+    call com1_puts
 1:  mov dx, COM1 + 5
 2:  in al, dx
     test al, 1
@@ -21,17 +16,8 @@ _start:
     cmp al, 'q'
     je 3f
     mov bl, al
-    call putc
+    call com1_putc
     jmp 1b
 3:  EXIT 0
-putc:                 /* bl = byte */
-    mov dx, COM1 + 5
-4:  in al, dx
-    test al, 0x20
-    jz 4b
-    mov dx, COM1
-    mov al, bl
-    out dx, al
-    ret
 #include "lib.inc"
 ready: .asciz "echo ready\r\n"
