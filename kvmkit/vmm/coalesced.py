@@ -32,10 +32,6 @@ class CoalescedWrites:
         self._flusher: threading.Thread | None = None
         self.replayed = 0
 
-    def pending(self) -> bool:
-        r = self.ring
-        return r[0:4] != r[4:8]
-
     def drain(self) -> None:
         """Replay queued writes in order (any thread)."""
         if self.ring[0:4] == self.ring[4:8]:

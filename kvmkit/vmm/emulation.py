@@ -9,6 +9,7 @@ their disassembly and the guest RIP.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from kvmkit.errors import GuestError
@@ -84,17 +85,30 @@ def _write_reg(regs, name: str, value: int) -> None:
     setattr(regs, field, value & 0xFFFFFFFFFFFFFFFF)  # 32-bit writes zero-extend
 
 
+@functools.lru_cache(maxsize=1)
+def _decoder():
+    """capstone's x86-64 decoder with operand details, built once (None
+    without capstone: completions that need operands are then skipped)."""
+    try:
+        import capstone
+    except ImportError:
+        return None
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    return md
+
+
+def decode(code: bytes, rip: int):
+    """The first instruction in ``code`` (a capstone CsInsn), or None."""
+    md = _decoder()
+    return next(md.disasm(code, rip), None) if md is not None and code else None
+
+
 def disassemble(code: bytes, rip: int) -> str:
     if not code:
         return "(instruction bytes unavailable)"
-    try:
-        import capstone
-        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-        for insn in md.disasm(code, rip):
-            return f"{insn.mnemonic} {insn.op_str}".strip()
-    except ImportError:
-        pass
-    return "(unknown instruction)"
+    insn = decode(code, rip)
+    return f"{insn.mnemonic} {insn.op_str}".strip() if insn else "(unknown instruction)"
 
 
 class InstructionCompleter:
@@ -167,16 +181,10 @@ class InstructionCompleter:
         """``lsl reg, reg`` (Linux's NMI entry reads the CPU number this
         way): load the segment limit of the selector from the GDT and set
         ZF, as the CPU would at CPL0.  Memory operands are left to fail."""
-        try:
-            import capstone
-            from capstone import x86
-        except ImportError:
-            return False
-        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-        md.detail = True
-        insn = next(md.disasm(code, rip), None)
+        insn = decode(code, rip)
         if insn is None or insn.mnemonic != "lsl" or len(insn.operands) != 2:
             return False
+        from capstone import x86
         dst, src = insn.operands
         if dst.type != x86.X86_OP_REG or src.type != x86.X86_OP_REG:
             return False
@@ -186,9 +194,9 @@ class InstructionCompleter:
         ok, limit = False, 0
         index = selector & ~7
         if not selector & 4 and index and index + 7 <= sregs.gdt.limit:
-            t = vcpu.translate(sregs.gdt.base + index)
-            if t.valid:
-                desc = self.memory.read_u64(t.physical_address)
+            phys = self._linear_to_physical(vcpu, sregs.gdt.base + index, 8)
+            if phys is not None:
+                desc = self.memory.read_u64(phys)
                 s_bit, typ, present = desc >> 44 & 1, desc >> 40 & 0xF, desc >> 47 & 1
                 if present and (s_bit or typ in (1, 2, 3, 9, 11)):
                     limit = (desc & 0xFFFF) | (desc >> 48 & 0xF) << 16
@@ -208,16 +216,10 @@ class InstructionCompleter:
         """``ldmxcsr m32`` / ``stmxcsr m32`` (the kernel's kernel_fpu_begin
         loads the default MXCSR): move MXCSR between guest memory and the
         vCPU's FPU state.  A reserved bit in a loaded value raises #GP."""
-        try:
-            import capstone
-            from capstone import x86
-        except ImportError:
-            return False
-        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-        md.detail = True
-        insn = next(md.disasm(code, rip), None)
+        insn = decode(code, rip)
         if insn is None or insn.mnemonic not in ("ldmxcsr", "stmxcsr") or len(insn.operands) != 1:
             return False
+        from capstone import x86
         op = insn.operands[0]
         if op.type != x86.X86_OP_MEM:
             return False

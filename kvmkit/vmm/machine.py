@@ -155,16 +155,20 @@ class Machine:
         if self.coalesced is not None:
             self.coalesced.set_zone(COM1_PORT, 1, True, polled)
 
-    def _device_states(self) -> dict[str, dict]:
-        states = {"serial": self.serial.save_state(), "i8042": self.i8042.save_state(),
-                  "rtc": self.rtc.save_state()}
+    def _legacy_devices(self) -> dict[str, Any]:
+        """The machine's own stateful devices (virtio devices reset themselves)."""
+        devices = {"serial": self.serial, "i8042": self.i8042, "rtc": self.rtc}
         if self.acpi_pm is not None:
-            states["acpi_pm"] = self.acpi_pm.save_state()
-        return states
+            devices["acpi_pm"] = self.acpi_pm
+        return devices
 
-    def _acpi_pci_root(self) -> acpi.PciRoot | None:
-        """The PCI host bridge for the DSDT: with ACPI, Linux only scans PCI
-        roots the DSDT names, so virtio-pci needs this to be found."""
+    def _device_states(self) -> dict[str, dict]:
+        return {name: d.save_state() for name, d in self._legacy_devices().items()}
+
+    def _pci_root(self) -> acpi.PciRoot | None:
+        """The PCI host bridge as the firmware tables describe it: the DSDT
+        names it (with ACPI, Linux only scans PCI roots the DSDT names) and
+        the MP table routes its INTx slots."""
         from kvmkit.devices.pci.host import find_host_bridge
         bridge = find_host_bridge(self.pio_bus)
         if bridge is None:
@@ -212,12 +216,12 @@ class Machine:
             e820.append(E820Entry(r.guest_phys_addr, r.size, E820_RAM))
         zp.set_e820(e820)
         mem.write(layout.ZERO_PAGE_ADDR, zp.bytes())
-        pci_root = self._acpi_pci_root()
+        pci_root = self._pci_root()
         pci_irqs = [(slot, 0, pci_root.intx_gsi) for slot in pci_root.slots] \
             if pci_root is not None and pci_root.intx_gsi is not None else []
         mem.write(MPTABLE_ADDR, build_mptable(cfg.cpus, pci_interrupts=pci_irqs))
         if self.acpi_pm is not None:
-            for addr, table in acpi.build_acpi_tables(cfg.cpus, pci=self._acpi_pci_root()):
+            for addr, table in acpi.build_acpi_tables(cfg.cpus, pci=pci_root):
                 mem.write(addr, table)
         boot.write_page_tables(mem)
         boot.write_gdt(mem)
@@ -371,11 +375,8 @@ class Machine:
         for chip in self._initial_irqchips:
             self.vm.set_irqchip(chip)
         self.vm.set_pit2(self._initial_pit)
-        self.serial.load_state(self._initial_devices["serial"])
-        self.i8042.load_state(self._initial_devices["i8042"])
-        self.rtc.load_state(self._initial_devices["rtc"])
-        if self.acpi_pm is not None:
-            self.acpi_pm.load_state(self._initial_devices["acpi_pm"])
+        for name, device in self._legacy_devices().items():
+            device.load_state(self._initial_devices[name])
         for d in self.virtio_devices:
             if hasattr(d, "reset"):
                 d.reset()

@@ -62,8 +62,7 @@ class VcpuThread(threading.Thread):
     def _loop(self) -> None:
         m = self.machine
         vcpu = self.vcpu
-        run = vcpu.run_state
-        exit_union = run.exit
+        exit_union = vcpu.run_state.exit
         io = exit_union.io
         mmio = exit_union.mmio
         page = memoryview(vcpu.page)
@@ -74,7 +73,7 @@ class VcpuThread(threading.Thread):
         ring = coalesced.ring if coalesced is not None else None
         vcpu_run = vcpu.run
         counts = self.exit_counts
-        EXIT_IO, EXIT_MMIO, EXIT_INTR, EXIT_HLT = Exit.IO, Exit.MMIO, Exit.INTR, Exit.HLT
+        EXIT_IO, EXIT_MMIO, EXIT_INTR = Exit.IO, Exit.MMIO, Exit.INTR
         while True:
             if m._control_pending:
                 if not m._vcpu_checkpoint(self):

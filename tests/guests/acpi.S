@@ -77,21 +77,14 @@ button:
     mov edx, dword ptr [r14 + 56]           /* PM1a_EVT_BLK */
     mov dword ptr [rip + pm1_evt], edx
     /* IDT: exceptions to fault, vector 0x30 to the SCI handler; gates use our CS */
-    mov r8w, cs
+    mov dx, cs
     lea rdi, [rip + idt]
     xor ecx, ecx
 1:  lea rax, [rip + fault]
     cmp ecx, SCI_VECTOR
     jne 2f
     lea rax, [rip + sci]
-2:  mov word ptr [rdi], ax
-    mov word ptr [rdi + 2], r8w
-    mov word ptr [rdi + 4], 0x8E00
-    shr rax, 16
-    mov word ptr [rdi + 6], ax
-    shr rax, 16
-    mov dword ptr [rdi + 8], eax
-    mov dword ptr [rdi + 12], 0
+2:  call set_gate
     add rdi, 16
     inc ecx
     cmp ecx, SCI_VECTOR + 1

@@ -9,13 +9,8 @@
 _start:
     lea rdi, [rip + idt + 3 * 16]     /* IDT entry 3 (#BP) -> bp_handler */
     lea rax, [rip + bp_handler]
-    mov word ptr [rdi], ax
-    mov word ptr [rdi + 2], 0x10      /* the boot code segment */
-    mov word ptr [rdi + 4], 0x8E00
-    shr rax, 16
-    mov word ptr [rdi + 6], ax
-    shr rax, 16
-    mov dword ptr [rdi + 8], eax
+    mov dx, 0x10                      /* the boot code segment */
+    call set_gate
     lidt [rip + idtr]
     xor r12d, r12d
     int3

@@ -53,16 +53,9 @@ _start:
     /* IDT: every vector to fault_handler */
     lea rdi, [rip + idt]
     lea rax, [rip + fault_handler]
+    mov dx, 0x08
     mov ecx, 32
-4:  mov word ptr [rdi], ax
-    mov word ptr [rdi + 2], 0x08
-    mov word ptr [rdi + 4], 0x8E00
-    mov rdx, rax
-    shr rdx, 16
-    mov word ptr [rdi + 6], dx
-    shr rdx, 16
-    mov dword ptr [rdi + 8], edx
-    mov dword ptr [rdi + 12], 0
+4:  call set_gate
     add rdi, 16
     loop 4b
     lgdt [rip + gdtr]
