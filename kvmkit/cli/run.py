@@ -19,10 +19,7 @@ from kvmkit.vmm.api import ExitReason
 
 log = logging.getLogger("kvmkit.run")
 
-USERSPACE_WALL = (
-    "the guest kernel reached /init, but this host cannot run guest user space: its KVM "
-    "emulates guest kernel code (no VT-x/SVM; kvm_pvm backend) and delivers 'syscall' in a way "
-    "a standard kernel cannot take. On a host with VT-x/SVM the same command ends at a shell prompt.")
+INIT_DIED = b"Attempted to kill init"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -51,6 +48,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--paused", "-S", action="store_true", help="start with vCPUs paused (QMP cont runs them)")
     p.add_argument("--reboot", choices=("exit", "reset"), default="exit",
                    help="what a guest reboot does: exit kvmkit (status 32) or reset the VM (default exit)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="sample the guest's RIP on every vCPU (about 100 Hz) while it runs and write a "
+                        "profile of where the guest kernel spends its time to FILE when the VM ends "
+                        "(function names from an ELF vmlinux's symbols)")
+    p.add_argument("--profile-hz", type=float, default=100.0, metavar="HZ", help="samples per second per vCPU")
     p.add_argument("--no-acpi", dest="acpi", action="store_false",
                    help="no ACPI tables or power-management ports (MP table only; "
                         "QMP system_powerdown then sends Ctrl-Alt-Del)")
@@ -118,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if machine.compat.enabled:
         print(f"kvmkit: {machine.compat.describe()}", file=sys.stderr)
     monitors = []
+    profiler = None
     try:
         if qmp_addrs:
             from kvmkit.cli.qmp import start_monitor
@@ -125,6 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: machine.quit())
         machine.start()
+        if args.profile:
+            profiler = machine.start_profile(args.profile_hz)
         while machine.wait(0.5) is None:
             pass
     except KeyboardInterrupt:
@@ -133,6 +138,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for mon in monitors:
             mon.close()
         machine.close()
+        if profiler is not None:
+            profiler.stop()
+            profiler.write(args.profile, machine.kernel.path if machine.kernel.kind == "elf" else None)
+            print(f"kvmkit: guest profile written to {args.profile}", file=sys.stderr)
     return _report(machine)
 
 
@@ -144,7 +153,22 @@ def _report(machine) -> int:
     elif reason in (ExitReason.REBOOT, ExitReason.TRIPLE_FAULT):
         print(f"\nkvmkit: guest {'rebooted' if reason == ExitReason.REBOOT else 'triple-faulted'} "
               f"(exit status {machine.exit_status})", file=sys.stderr)
-    if machine.compat.enabled and b"Run /init as init process" in out and \
-            b"kvmkit-guest: init started" not in out:
-        print(f"kvmkit: note: {USERSPACE_WALL}", file=sys.stderr)
+    if INIT_DIED in out:
+        print("kvmkit: note: the guest's init process died (the kernel's panic message is on the console "
+              "above); kvmkit run --profile FILE or QMP query-kvmkit-stats help to see where", file=sys.stderr)
+    if machine.compat.enabled:
+        print(f"kvmkit: {compat_summary(machine.query_stats())}", file=sys.stderr)
     return machine.exit_status if machine.exit_status is not None else 1
+
+
+def compat_summary(stats: dict) -> str:
+    """One line of what host-compat did in this VM's life."""
+    hc = stats["host-compat"]
+    parts = []
+    trap = hc.get("syscall-trap")
+    if trap is not None:
+        parts.append(f"{trap['syscalls']} syscalls completed, {trap['page_faults']} page faults passed "
+                     f"through, {trap['fallbacks']} single-step fallbacks")
+    done = ", ".join(f"{k} x{v}" for k, v in sorted(hc["completed"].items()))
+    parts.append(f"instructions completed: {done or 'none'}")
+    return f"host-compat: {'; '.join(parts)} ({stats['exits']['total']} exits)"

@@ -24,7 +24,7 @@ from kvmkit.guest.errors import GuestBuildError, PackageFetchError
 from kvmkit.guest.progress import Progress
 
 GUEST_NAMES = ("fast", "stock")
-BASE_CMDLINE = "console=ttyS0 panic=-1"
+BASE_CMDLINE = "console=ttyS0 panic=-1 rodata=off"
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def _plan(name: str, root: Path, kernel_key: str, build: Callable[[Path, Progres
           initrd_modules: bool) -> _Plan:
     busybox = debian.candidate_version(initramfs.BUSYBOX_PACKAGE)
     initrd_key = cache_key(guest=name, kernel=kernel_key, busybox=busybox,
-                           init=initramfs.INIT_SCRIPT.read_bytes())
+                           rootfs=initramfs.rootfs_digest(), probe=initramfs.PROBE_SOURCE.read_bytes())
     return _Plan(name, root / f"kernel-{kernel_key}", root / f"initrd-{initrd_key}.cpio", busybox,
                  build, initrd_modules)
 
@@ -135,7 +135,9 @@ def _build_initrd(plan: _Plan) -> None:
     if plan.initrd_modules:
         manifest = read_manifest(plan.kernel_dir) or {}
         modules = {m: (plan.kernel_dir / "modules" / m).read_bytes() for m in manifest.get("modules", [])}
-    members = initramfs.entries(busybox, applets, initramfs.INIT_SCRIPT.read_bytes(), modules)
+    files = {**initramfs.rootfs_files(),
+             initramfs.PROBE_PATH: (initramfs.build_probe(cache_dir() / "work" / "probe"), 0o755)}
+    members = initramfs.entries(busybox, applets, files, modules)
     initramfs.write_initramfs(plan.initrd, members)
     prune(plan.initrd.parent, "initrd-", plan.initrd.name)
 

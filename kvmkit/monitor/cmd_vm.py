@@ -67,6 +67,12 @@ def balloon(ctx: CommandContext, value: int) -> None:
         raise QmpError(NO_BALLOON, DEVICE_NOT_ACTIVE)
 
 
+def query_kvmkit_stats(ctx: CommandContext) -> dict[str, Any]:
+    """kvmkit's own counters (no QEMU equivalent): exits per vCPU and what
+    host-compat completed in the VMM (instructions, syscalls, page faults)."""
+    return ctx.control.query_stats()
+
+
 def stop(ctx: CommandContext) -> None:
     if ctx.control.state is RunState.RUNNING:
         ctx.control.pause()
@@ -101,6 +107,7 @@ COMMANDS = (
     Command("query-block", query_block),
     Command("query-balloon", query_balloon),
     Command("balloon", balloon, args=(Arg("value", INT),)),
+    Command("query-kvmkit-stats", query_kvmkit_stats),
     Command("stop", stop),
     Command("cont", cont),
     Command("system_reset", system_reset),

@@ -81,3 +81,6 @@ class VmControl(Protocol):
 
     def balloon(self, target_bytes: int) -> bool:
         """Ask the guest to keep ``target_bytes`` of RAM; False without a balloon device."""
+
+    def query_stats(self) -> dict[str, Any]:
+        """kvmkit's counters: exits, and what host-compat completed in the VMM."""

@@ -24,6 +24,7 @@ from kvmkit.vmm.config import SerialSpec
 
 ESCAPE = 0x01  # Ctrl-a
 MAX_KEPT = 64 << 20
+REPLAY = 1 << 20        # what a unix-socket console's first client gets of earlier output
 ESCAPE_HELP = (b"\r\nC-a h    print this help\r\nC-a x    exit kvmkit\r\n"
                b"C-a C-a  send C-a\r\n")
 
@@ -49,6 +50,8 @@ class Console:
         self._wake_r, self._wake_w = os.pipe()
         self._threads: list[threading.Thread] = []
         self._escape = False
+        self._replayed = False
+        self._pending_input = bytearray()
         self._open()
 
     # --- setup -----------------------------------------------------------
@@ -60,12 +63,16 @@ class Console:
             except OSError as e:
                 raise ConfigError(f"serial file {self.spec.path}: {e.strerror}") from None
         elif kind == "unix":
+            # Bound under a temporary name and renamed into place once it
+            # listens: a client that sees the path can always connect.
+            tmp = f"{self.spec.path}.{os.getpid()}.tmp"
             try:
-                if os.path.exists(self.spec.path):
-                    os.unlink(self.spec.path)
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.bind(self.spec.path)
+                s.bind(tmp)
                 s.listen(4)
+                os.rename(tmp, self.spec.path)
             except OSError as e:
                 raise ConfigError(f"serial socket {self.spec.path}: {e.strerror}") from None
             self._listener = s
@@ -83,8 +90,14 @@ class Console:
         self._threads.append(t)
 
     def attach_input(self, sink: Callable[[bytes], None]) -> None:
-        """Where host input goes (the UART's receive)."""
-        self._input = sink
+        """Where host input goes (the UART's receive).  Input that arrived
+        before (a socket client can connect while the VM is still being
+        built) is delivered now, in order."""
+        with self._cond:
+            self._input = sink
+            pending, self._pending_input = bytes(self._pending_input), bytearray()
+        if pending:
+            sink(pending)
 
     # --- guest output ----------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -95,18 +108,23 @@ class Console:
                 del self._buf[:cut]
                 self._dropped += cut
             self._cond.notify_all()
-        kind = self.spec.kind
-        try:
-            if kind == "stdio":
-                os.write(sys.stdout.fileno(), data)
-            elif kind == "file":
-                self._file.write(data)
-            elif kind == "unix":
+            if self.spec.kind == "unix":
+                # Under the lock, so a client accepted meanwhile gets each
+                # byte once (replay or live); non-blocking, so a client that
+                # stops reading loses output instead of stalling the guest.
                 for c in list(self._clients):
                     try:
-                        c.sendall(data)
+                        c.send(data)
+                    except BlockingIOError:
+                        pass
                     except OSError:
                         self._clients.remove(c)
+                return
+        try:
+            if self.spec.kind == "stdio":
+                os.write(sys.stdout.fileno(), data)
+            elif self.spec.kind == "file":
+                self._file.write(data)
         except OSError:
             pass  # a closed terminal must not stop the guest
 
@@ -124,8 +142,14 @@ class Console:
         """Type ``data`` into the guest's console."""
         if isinstance(data, str):
             data = data.encode()
-        if self._input:
-            self._input(data)
+        sink = self._input
+        if sink is None:
+            with self._cond:
+                if self._input is None:
+                    self._pending_input += data
+                    return
+                sink = self._input
+        sink(data)
 
     def expect(self, pattern: str | bytes | re.Pattern, timeout: float = 60.0,
                alive: Callable[[], bool] | None = None) -> re.Match:
@@ -152,6 +176,23 @@ class Console:
                     raise ConsoleTimeout(f"console: VM stopped before {rx.pattern!r} was seen; "
                                          f"last output:\n{tail}")
                 self._cond.wait(min(left, 0.5))
+
+    def shell(self, command: str, timeout: float = 120.0, alive: Callable[[], bool] | None = None
+              ) -> tuple[int, str]:
+        """Run ``command`` at a POSIX shell prompt on this console and return
+        ``(exit status, output)``.
+
+        The command is typed between two echoed markers, each written so that
+        its echo as typed ("__kvmkit""_7s") differs from what the shell
+        prints (__kvmkit_7s): the line editor's echo, however it wraps the
+        line, cannot be mistaken for output.
+        """
+        self._shell_seq = getattr(self, "_shell_seq", 0) + 1
+        n = self._shell_seq
+        self.send(f'echo "__kvmkit""_{n}s"; {command}; echo "__kvmkit""_{n}e" $?\n')
+        rx = re.compile(rb"__kvmkit_%ds\r?\n(.*?)__kvmkit_%de (\d+)\r?\n" % (n, n), re.S)
+        m = self.expect(rx, timeout, alive)
+        return int(m.group(2)), m.group(1).decode("utf-8", "replace").replace("\r\n", "\n")
 
     # --- input threads ---------------------------------------------------
     def _stdin_loop(self) -> None:
@@ -193,21 +234,38 @@ class Console:
 
     def _socket_loop(self) -> None:
         while not self._closed:
-            socks = [self._listener, self._wake_r, *self._clients]
+            with self._cond:
+                socks = [self._listener, self._wake_r, *self._clients]
             r, _, _ = select.select(socks, [], [])
             if self._wake_r in r:
                 return
             for s in r:
                 if s is self._listener:
                     c, _ = self._listener.accept()
-                    self._clients.append(c)
+                    with self._cond:
+                        # The first client also gets what the guest printed
+                        # before anyone was connected (up to REPLAY bytes):
+                        # nothing is lost between start-up and connect.
+                        if not self._replayed:
+                            self._replayed = True
+                            try:
+                                c.sendall(bytes(self._buf[-REPLAY:]))
+                            except OSError:
+                                c.close()
+                                continue
+                        c.setblocking(False)
+                        self._clients.append(c)
                     continue
                 try:
                     data = s.recv(4096)
+                except BlockingIOError:
+                    continue
                 except OSError:
                     data = b""
                 if not data:
-                    self._clients.remove(s)
+                    with self._cond:
+                        if s in self._clients:
+                            self._clients.remove(s)
                     s.close()
                 else:
                     self.send(data)

@@ -32,13 +32,14 @@ from kvmkit.devices.rtc import CmosRtc
 from kvmkit.devices.serial import COM1_IRQ, COM1_PORT, Serial8250
 from kvmkit.errors import ConfigError, GuestError, KvmUnavailableError
 from kvmkit.kvm import Cap, Kvm
-from kvmkit.kvm.constants import MpState
+from kvmkit.kvm.constants import GUESTDBG_BLOCKIRQ, MpState
 from kvmkit.memory.guest_memory import GuestMemory
 from kvmkit.vmm import hostcompat
 from kvmkit.vmm.api import ExitReason, RunState, VmEvent
 from kvmkit.vmm.config import VmConfig
 from kvmkit.vmm.console import Console
-from kvmkit.vmm.emulation import InstructionCompleter
+from kvmkit.vmm.hostcompat.completer import InstructionCompleter
+from kvmkit.vmm.hostcompat.syscall_trap import SyscallTrap
 from kvmkit.vmm.interrupts import KvmInterruptController
 from kvmkit.vmm.vcpu_loop import VcpuThread, install_kick_handler
 
@@ -72,6 +73,7 @@ class Machine:
         self._pause_requested = False
         self._stopping = False
         self._parked = 0
+        self._exclusive: int | None = None     # vCPU id holding the others still (syscall trap fallback)
         self._done = threading.Event()
         self._paused_clock: int | None = None
         self.exit_reason: ExitReason | None = None
@@ -137,8 +139,13 @@ class Machine:
         if cfg.virtio is not None:
             from kvmkit.devices.virtio.attach import attach_virtio
             self.virtio_devices = attach_virtio(self.device_context, cfg.virtio)
+        self.syscall_trap: SyscallTrap | None = None
+        if self.compat.syscall_trap:
+            self.syscall_trap = SyscallTrap(self.memory, self._hold_others, self._release_others,
+                                            block_irq=bool(self.kvm.check_extension(Cap.SET_GUEST_DEBUG2)
+                                                           & GUESTDBG_BLOCKIRQ))
         self.completer = InstructionCompleter(self.memory, self.compat.complete_int3,
-                                              self.compat.complete_clac_stac)
+                                              self.compat.complete_clac_stac, self.syscall_trap)
         self._initial_devices = self._device_states()
         self._load_guest()
         self._create_vcpus()
@@ -307,17 +314,50 @@ class Machine:
         with self._ctl:
             if self._stopping:
                 return False
-            if not self._pause_requested:
+            if not self._must_park(t.vcpu.id):
                 t.vcpu.run_state.immediate_exit = 0
                 return True
             self._parked += 1
             self._ctl.notify_all()
-            while self._pause_requested and not self._stopping:
+            while self._must_park(t.vcpu.id) and not self._stopping:
                 self._ctl.wait()
             self._parked -= 1
             self._ctl.notify_all()
             t.vcpu.run_state.immediate_exit = 0
             return not self._stopping
+
+    def _must_park(self, vcpu_id: int) -> bool:
+        return self._pause_requested or (self._exclusive is not None and self._exclusive != vcpu_id)
+
+    def _hold_others(self, vcpu_id: int) -> bool:
+        """From vCPU ``vcpu_id``'s thread: park every other vCPU and keep them
+        parked until :meth:`_release_others`.  While another vCPU holds them,
+        this one waits parked (so two holders cannot wait on each other).
+        False when the machine is stopping."""
+        with self._ctl:
+            while self._exclusive is not None and self._exclusive != vcpu_id and not self._stopping:
+                self._parked += 1
+                self._ctl.notify_all()
+                self._ctl.wait()
+                self._parked -= 1
+            if self._stopping:
+                return False
+            self._exclusive = vcpu_id
+            self._control_pending = True
+        others = [t for t in self.threads if t.vcpu.id != vcpu_id]
+        for t in others:
+            t.kick()
+        with self._ctl:
+            self._ctl.wait_for(lambda: self._parked >= sum(t.is_alive() for t in others) or self._stopping,
+                               timeout=30)
+            return not self._stopping
+
+    def _release_others(self, vcpu_id: int) -> None:
+        with self._ctl:
+            if self._exclusive == vcpu_id:
+                self._exclusive = None
+            self._control_pending = self._stopping or self._pause_requested
+            self._ctl.notify_all()
 
     def _park_all(self) -> None:
         with self._ctl:
@@ -332,7 +372,7 @@ class Machine:
     def _unpark_all(self) -> None:
         with self._ctl:
             self._pause_requested = False
-            self._control_pending = self._stopping
+            self._control_pending = self._stopping or self._exclusive is not None
             for t in self.threads:
                 t.vcpu.run_state.immediate_exit = 0
             self._ctl.notify_all()
@@ -372,6 +412,8 @@ class Machine:
             return
         for r in self.memory.regions:
             r.mapping.madvise(mmap.MADV_DONTNEED)  # private anonymous: reads back as zeros
+        if self.syscall_trap is not None:
+            self.syscall_trap.forget()            # the new kernel plants its own handler
         for chip in self._initial_irqchips:
             self.vm.set_irqchip(chip)
         self.vm.set_pit2(self._initial_pit)
@@ -459,6 +501,26 @@ class Machine:
     @property
     def exit_counts(self) -> dict[str, int]:
         return {"total": sum(t.exits for t in self.threads)}
+
+    def start_profile(self, hz: float = 100.0):
+        """Sample every vCPU's RIP ``hz`` times a second until the returned
+        :class:`kvmkit.vmm.profiler.Profiler` is stopped; ``.write(path,
+        kernel)`` then writes a symbolised report.  Call after :meth:`start`."""
+        from kvmkit.vmm.profiler import Profiler
+        return Profiler(self.threads, hz).start()
+
+    def query_stats(self) -> dict[str, Any]:
+        """kvmkit's own counters (QMP query-kvmkit-stats): exits per vCPU,
+        instructions completed in the VMM, and the syscall trap's work."""
+        out: dict[str, Any] = {
+            "exits": {"total": sum(t.exits for t in self.threads),
+                      "per-cpu": [t.exits for t in self.threads]},
+            "host-compat": {"enabled": self.compat.enabled, "reason": self.compat.reason,
+                            "completed": dict(self.completer.counts)},
+        }
+        if self.syscall_trap is not None:
+            out["host-compat"]["syscall-trap"] = self.syscall_trap.stats.as_dict()
+        return out
 
     # ------------------------------------------------------------ events
     def _set_state(self, state: RunState) -> None:

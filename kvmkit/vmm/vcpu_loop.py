@@ -40,6 +40,22 @@ class VcpuThread(threading.Thread):
         self.vcpu = vcpu
         self.exits = 0
         self.exit_counts: dict[int, int] = {}
+        self.profiler = None             # a kvmkit.vmm.profiler.Profiler while one samples
+        self._sample_requested = False
+
+    def request_sample(self) -> None:
+        """Ask for one RIP sample: kick the vCPU out of KVM_RUN; the loop
+        records it and re-enters (see :mod:`kvmkit.vmm.profiler`)."""
+        self._sample_requested = True
+        self.kick()
+
+    def _take_sample(self) -> None:
+        self._sample_requested = False
+        if not self.machine._control_pending:
+            self.vcpu.run_state.immediate_exit = 0
+        p = self.profiler
+        if p is not None:
+            p.record(self.vcpu.id, self.vcpu.get_regs().rip)
 
     def kick(self) -> None:
         self.vcpu.run_state.immediate_exit = 1
@@ -73,14 +89,17 @@ class VcpuThread(threading.Thread):
         ring = coalesced.ring if coalesced is not None else None
         vcpu_run = vcpu.run
         counts = self.exit_counts
+        # host-compat's syscall trap looks at every exit (a byte compare, an
+        # occasional ioctl) to plant and keep its int3 in the guest kernel.
+        watch = m.syscall_trap.watch if m.syscall_trap is not None else None
         EXIT_IO, EXIT_MMIO, EXIT_INTR = Exit.IO, Exit.MMIO, Exit.INTR
         while True:
-            if m._control_pending:
-                if not m._vcpu_checkpoint(self):
-                    return
-                continue
+            if m._control_pending and not m._vcpu_checkpoint(self):
+                return
             reason = vcpu_run()
             self.exits += 1
+            if watch is not None:
+                watch(vcpu)
             if ring is not None and ring[0:4] != ring[4:8]:
                 drain()
             if reason == EXIT_IO:
@@ -102,7 +121,8 @@ class VcpuThread(threading.Thread):
                     for i in range(n):
                         mmio.data[i] = (v >> (8 * i)) & 0xFF
             elif reason == EXIT_INTR:
-                continue
+                if self._sample_requested:
+                    self._take_sample()
             else:
                 counts[reason] = counts.get(reason, 0) + 1
                 if not self._rare_exit(reason):
@@ -126,6 +146,8 @@ class VcpuThread(threading.Thread):
             return True
         if reason == Exit.INTERNAL_ERROR:
             m.completer.handle(self.vcpu)
+            return True
+        if reason == Exit.DEBUG and m.syscall_trap is not None and m.syscall_trap.step_done(self.vcpu):
             return True
         if reason == Exit.HLT:
             # Only without an in-kernel LAPIC; ours has one, so a halt with

@@ -148,7 +148,10 @@ def test_serial_on_a_unix_socket(tiny_guest, tmp_path):
         c.sendall(b"ping")
         got = b""
         while b"ping" not in got:
-            got += c.recv(100)
+            try:
+                got += c.recv(100)
+            except TimeoutError:
+                raise AssertionError(f"got {got!r}; stderr {proc.stderr.read1()!r}")
         c.sendall(b"q")
         assert proc.wait(timeout=20) == 1       # the guest exits through the debug port on 'q'
         c.close()

@@ -24,6 +24,9 @@ TSC_DEADLINE = (1, "ecx", 24)
 PDCM = (1, "ecx", 15)
 SMAP = (7, "ebx", 20)
 POPCNT = (1, "ecx", 23)
+ERMS = (7, "ebx", 9)          # enhanced rep movsb/stosb
+FSRM = (7, "edx", 4)          # fast short rep movsb
+INVTSC = (0x80000007, "edx", 8)
 
 KVM_SIGNATURE = b"KVMKVMKVM\0\0\0"
 KVM_CPUID_FEATURES = 0x40000001
@@ -76,6 +79,11 @@ def build_cpuid(supported: list[kvm_cpuid_entry2], policy: CpuidPolicy,
             e.ecx = 0
         elif e.function == 6:
             e.ecx &= ~1  # no APERF/MPERF: the guest would read MSRs we do not emulate
+        elif e.function == INVTSC[0]:
+            # No invariant TSC, as QEMU's default CPU models: with it Linux
+            # rates kvm-clock below the TSC and clocks by a TSC that a
+            # restore or a migration to another host would make jump.
+            e.edx &= ~(1 << INVTSC[2])
     if not policy.expose_kvm_pv:
         table = [e for e in table if not 0x40000000 <= e.function <= 0x400000FF]
     for leaf, reg, bit in policy.hide:

@@ -9,16 +9,15 @@ their disassembly and the guest RIP.
 
 from __future__ import annotations
 
-import functools
 import logging
 
 from kvmkit.errors import GuestError
 from kvmkit.kvm.constants import InternalError
 from kvmkit.kvm.vcpu import Vcpu
+from kvmkit.vmm.hostcompat.text import decode, disassemble, instruction_bytes, linear_to_physical
 
 log = logging.getLogger("kvmkit.emulation")
 
-EMULATION_FLAG_INSTRUCTION_BYTES = 1
 RFLAGS_AC = 1 << 18
 BP_VECTOR = 3
 
@@ -33,22 +32,6 @@ XSTATE_BV_DWORD = 512 // 4                 # XSAVE header: which components the 
 XFEATURE_SSE, XFEATURE_YMM = 1 << 1, 1 << 2
 CLAC = b"\x0f\x01\xca"
 STAC = b"\x0f\x01\xcb"
-
-
-def instruction_bytes(vcpu: Vcpu, memory, rip: int) -> bytes:
-    """The failing instruction's bytes: from kvm_run when KVM supplies them,
-    else read through the guest's page tables."""
-    ef = vcpu.run_state.exit.emulation_failure
-    if ef.ndata >= 2 and ef.flags & EMULATION_FLAG_INSTRUCTION_BYTES and ef.insn_size:
-        return bytes(ef.insn_bytes[: min(ef.insn_size, 15)])
-    try:
-        t = vcpu.translate(rip)
-        if t.valid:
-            n = min(15, 0x1000 - (t.physical_address & 0xFFF))
-            return memory.read(t.physical_address, n)
-    except Exception:
-        pass
-    return b""
 
 
 _REG64 = {"ax": "rax", "bx": "rbx", "cx": "rcx", "dx": "rdx", "si": "rsi", "di": "rdi",
@@ -85,39 +68,14 @@ def _write_reg(regs, name: str, value: int) -> None:
     setattr(regs, field, value & 0xFFFFFFFFFFFFFFFF)  # 32-bit writes zero-extend
 
 
-@functools.lru_cache(maxsize=1)
-def _decoder():
-    """capstone's x86-64 decoder with operand details, built once (None
-    without capstone: completions that need operands are then skipped)."""
-    try:
-        import capstone
-    except ImportError:
-        return None
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    return md
-
-
-def decode(code: bytes, rip: int):
-    """The first instruction in ``code`` (a capstone CsInsn), or None."""
-    md = _decoder()
-    return next(md.disasm(code, rip), None) if md is not None and code else None
-
-
-def disassemble(code: bytes, rip: int) -> str:
-    if not code:
-        return "(instruction bytes unavailable)"
-    insn = decode(code, rip)
-    return f"{insn.mnemonic} {insn.op_str}".strip() if insn else "(unknown instruction)"
-
-
 class InstructionCompleter:
     """Handles KVM_EXIT_INTERNAL_ERROR for one machine; counts what it did."""
 
-    def __init__(self, memory, int3: bool, clac_stac: bool) -> None:
+    def __init__(self, memory, int3: bool, clac_stac: bool, syscall_trap=None) -> None:
         self.memory = memory
         self.int3 = int3
         self.clac_stac = clac_stac
+        self.trap = syscall_trap
         self.counts: dict[str, int] = {}
 
     def handle(self, vcpu: Vcpu) -> None:
@@ -125,6 +83,10 @@ class InstructionCompleter:
         internal = vcpu.run_state.exit.internal
         regs = vcpu.get_regs()
         rip = regs.rip
+        trap = self.trap
+        if trap is not None and rip == trap.handler:
+            trap.handle(vcpu, regs)          # a page fault reached the planted #PF handler
+            return
         if internal.suberror != InternalError.EMULATION:
             try:
                 name = InternalError(internal.suberror).name
@@ -194,7 +156,7 @@ class InstructionCompleter:
         ok, limit = False, 0
         index = selector & ~7
         if not selector & 4 and index and index + 7 <= sregs.gdt.limit:
-            phys = self._linear_to_physical(vcpu, sregs.gdt.base + index, 8)
+            phys = linear_to_physical(vcpu, sregs.gdt.base + index, 8)
             if phys is not None:
                 desc = self.memory.read_u64(phys)
                 s_bit, typ, present = desc >> 44 & 1, desc >> 40 & 0xF, desc >> 47 & 1
@@ -224,7 +186,7 @@ class InstructionCompleter:
         if op.type != x86.X86_OP_MEM:
             return False
         addr = self._effective_address(vcpu, regs, insn, op.mem)
-        phys = self._linear_to_physical(vcpu, addr, 4)
+        phys = linear_to_physical(vcpu, addr, 4)
         if phys is None:
             return False
         # MXCSR lives at dword 6 of the XSAVE area's legacy region (KVM_SET_FPU
@@ -263,15 +225,6 @@ class InstructionCompleter:
             sregs = vcpu.get_sregs()
             addr += (sregs.fs if mem.segment == x86.X86_REG_FS else sregs.gs).base
         return addr & 0xFFFFFFFFFFFFFFFF
-
-    @staticmethod
-    def _linear_to_physical(vcpu: Vcpu, addr: int, length: int) -> int | None:
-        """Guest-physical address of ``length`` bytes at ``addr`` (None if not
-        mapped or if they cross into another page)."""
-        if (addr & 0xFFF) + length > 0x1000:
-            return None
-        t = vcpu.translate(addr)
-        return t.physical_address if t.valid else None
 
     @staticmethod
     def _inject(vcpu: Vcpu, vector: int, error_code: int | None = None) -> None:
