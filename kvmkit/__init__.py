@@ -26,6 +26,7 @@ def VM(kernel=None, **kwargs):
         kernel = g.vmlinux
         kwargs.setdefault("initrd", g.initrd)
         kwargs.setdefault("cmdline", g.cmdline)
+        kwargs.setdefault("memory", g.memory)
     return Machine(VmConfig.build(kernel, **kwargs))
 
 

@@ -20,6 +20,7 @@ from kvmkit.vmm.api import ExitReason
 log = logging.getLogger("kvmkit.run")
 
 INIT_DIED = b"Attempted to kill init"
+DEFAULT_MEMORY = "512M"         # for a kernel you bring; kvmkit's guests say what they need
 
 
 def add_parser(subparsers: Any) -> None:
@@ -34,8 +35,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--initrd", metavar="FILE", help="initramfs/initrd image")
     p.add_argument("--cmdline", "--append", metavar="TEXT", default=None,
                    help="kernel command line (default: console=ttyS0, or the fast guest's)")
-    p.add_argument("--memory", "-m", metavar="SIZE", default="512M",
-                   help="guest RAM, e.g. 512M or 2G; a bare number is MiB (default 512M)")
+    p.add_argument("--memory", "-m", metavar="SIZE", default=None,
+                   help="guest RAM, e.g. 512M or 2G; a bare number is MiB (default 128M for kvmkit's "
+                        "fast guest, 512M for a kernel you bring)")
     p.add_argument("--cpus", "--smp", type=int, metavar="N", default=1, help="vCPUs (default 1)")
     p.add_argument("--serial", metavar="DEST", default="stdio",
                    help="COM1: stdio (default), file:PATH, unix:PATH (listening socket) or null")
@@ -96,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kvmkit.vmm.config import SerialSpec, VmConfig
     from kvmkit.vmm.machine import Machine
 
-    memory = parse_size(args.memory, default_unit="M", what="memory size")
+    memory = parse_size(args.memory, default_unit="M", what="memory size") if args.memory else None
     serial = SerialSpec.parse(args.serial)
     qmp_addrs = []
     if args.qmp:
@@ -110,6 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         g = fast_guest(build=True)
         kernel, initrd = g.vmlinux, g.initrd
         cmdline = cmdline if cmdline is not None else g.cmdline
+        memory = memory or parse_size(g.memory, default_unit="M")
+    memory = memory or parse_size(DEFAULT_MEMORY, default_unit="M")
     if cmdline is None:
         cmdline = "console=ttyS0"
     config = VmConfig.build(kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=args.cpus,

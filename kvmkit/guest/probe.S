@@ -9,6 +9,22 @@
  *                              without `syscall`, with R11 asking for IOPL 3,
  *                              NT, VIF and VIP; prints the RFLAGS it gets back,
  *                              then tries port I/O (IOPL 0: SIGSEGV)
+ *   kvmkit-probe xmm N         loads XMM0-15 with known values, then N times
+ *                              yields the CPU (sched_yield) and checks them;
+ *                              prints how many came back changed (FPU state
+ *                              lost across context switches)
+ *   kvmkit-probe xmmspin N     the same, spinning (no syscalls) instead of
+ *                              yielding: what interrupts do to ring-3 state
+ *   kvmkit-probe xmmfault N    the same, taking a page fault (a fresh page)
+ *                              each time
+ *   kvmkit-probe cpuid LEAF [SUBLEAF]
+ *                              prints EAX EBX ECX EDX of CPUID as ring 3 sees it
+ *   kvmkit-probe vsock-echo PORT
+ *                              accepts one vsock connection on PORT and echoes
+ *                              what it reads until the peer closes
+ *   kvmkit-probe vsock-send CID PORT
+ *                              connects to CID:PORT, sends stdin, then prints
+ *                              what comes back until the peer closes
  *
  * Built by `kvmkit guest build` with the host's gcc. */
 .intel_syntax noprefix
@@ -16,6 +32,17 @@
 .set SYS_mmap, 9
 .set SYS_exit, 60
 .set SYS_getppid, 110
+.set SYS_sched_yield, 24
+.set SYS_read, 0
+.set SYS_close, 3
+.set SYS_socket, 41
+.set SYS_connect, 42
+.set SYS_accept, 43
+.set SYS_shutdown, 48
+.set SYS_bind, 49
+.set SYS_listen, 50
+.set AF_VSOCK, 40
+.set SOCK_STREAM, 1
 
 .global _start
 .text
@@ -37,6 +64,24 @@ _start:
     lea rdi, [rip + s_lstar]
     call streq
     jz cmd_lstar
+    lea rdi, [rip + s_xmm]
+    call streq
+    jz cmd_xmm
+    lea rdi, [rip + s_xmmspin]
+    call streq
+    jz cmd_xmmspin
+    lea rdi, [rip + s_xmmfault]
+    call streq
+    jz cmd_xmmfault
+    lea rdi, [rip + s_cpuid]
+    call streq
+    jz cmd_cpuid
+    lea rdi, [rip + s_vecho]
+    call streq
+    jz cmd_vsock_echo
+    lea rdi, [rip + s_vsend]
+    call streq
+    jz cmd_vsock_send
 usage:
     lea rsi, [rip + s_usage]
     call puts
@@ -112,6 +157,240 @@ cmd_lstar:
     mov edi, 3
     jmp exit
 
+cmd_xmmfault:
+    call arg2_decimal               /* N fresh pages to fault in, one per check */
+    mov r15, rax
+    mov eax, SYS_mmap
+    xor edi, edi
+    mov rsi, r15
+    shl rsi, 12
+    mov edx, 3
+    mov r10d, 0x22
+    mov r8, -1
+    xor r9d, r9d
+    syscall
+    cmp rax, -4096
+    ja fail
+    mov [rip + xmm_pages], rax
+    mov byte ptr [rip + xmm_spin], 2
+    jmp cmd_xmm
+cmd_xmmspin:
+    mov byte ptr [rip + xmm_spin], 1
+cmd_xmm:
+    call arg2_decimal
+    mov rbx, rax
+    xor r14d, r14d                  /* registers found changed */
+    lea rdi, [rip + xmm_values]     /* 16 distinct values, one per register */
+    mov ecx, 32
+    mov rax, 0x1111111111111111
+    mov rdx, 0x0101010101010101
+1:  mov [rdi], rax
+    add rdi, 8
+    add rax, rdx
+    dec ecx
+    jnz 1b
+xmm_load:
+    movdqu xmm0, [rip + xmm_values + 0]
+    movdqu xmm1, [rip + xmm_values + 16]
+    movdqu xmm2, [rip + xmm_values + 32]
+    movdqu xmm3, [rip + xmm_values + 48]
+    movdqu xmm4, [rip + xmm_values + 64]
+    movdqu xmm5, [rip + xmm_values + 80]
+    movdqu xmm6, [rip + xmm_values + 96]
+    movdqu xmm7, [rip + xmm_values + 112]
+    movdqu xmm8, [rip + xmm_values + 128]
+    movdqu xmm9, [rip + xmm_values + 144]
+    movdqu xmm10, [rip + xmm_values + 160]
+    movdqu xmm11, [rip + xmm_values + 176]
+    movdqu xmm12, [rip + xmm_values + 192]
+    movdqu xmm13, [rip + xmm_values + 208]
+    movdqu xmm14, [rip + xmm_values + 224]
+    movdqu xmm15, [rip + xmm_values + 240]
+2:  test rbx, rbx
+    jz 5f
+    cmp byte ptr [rip + xmm_spin], 1
+    je 6f
+    ja 9f
+    mov eax, SYS_sched_yield
+    syscall
+    jmp 7f
+9:  mov rax, [rip + xmm_pages]      /* a page fault: the first touch of a page */
+    mov byte ptr [rax], 1
+    add rax, 4096
+    mov [rip + xmm_pages], rax
+    jmp 7f
+6:  mov ecx, 20000
+8:  pause
+    dec ecx
+    jnz 8b
+7:
+    movdqu [rip + xmm_now + 0], xmm0
+    movdqu [rip + xmm_now + 16], xmm1
+    movdqu [rip + xmm_now + 32], xmm2
+    movdqu [rip + xmm_now + 48], xmm3
+    movdqu [rip + xmm_now + 64], xmm4
+    movdqu [rip + xmm_now + 80], xmm5
+    movdqu [rip + xmm_now + 96], xmm6
+    movdqu [rip + xmm_now + 112], xmm7
+    movdqu [rip + xmm_now + 128], xmm8
+    movdqu [rip + xmm_now + 144], xmm9
+    movdqu [rip + xmm_now + 160], xmm10
+    movdqu [rip + xmm_now + 176], xmm11
+    movdqu [rip + xmm_now + 192], xmm12
+    movdqu [rip + xmm_now + 208], xmm13
+    movdqu [rip + xmm_now + 224], xmm14
+    movdqu [rip + xmm_now + 240], xmm15
+    lea rsi, [rip + xmm_now]
+    lea rdi, [rip + xmm_values]
+    mov ecx, 32
+3:  mov rax, [rsi]
+    cmp rax, [rdi]
+    jne 4f
+    add rsi, 8
+    add rdi, 8
+    dec ecx
+    jnz 3b
+    dec rbx
+    jmp 2b
+4:  inc r14
+    dec rbx
+    jmp xmm_load
+5:  mov rdi, r14
+    call put_decimal
+    xor edi, edi
+    jmp exit
+
+cmd_cpuid:
+    call arg2_hex
+    mov r14, rax
+    xor r15d, r15d
+    cmp r12, 4
+    jb 1f
+    mov rsi, [r13 + 24]
+    call parse_decimal
+    mov r15, rax
+1:  mov eax, r14d
+    mov ecx, r15d
+    cpuid
+    mov [rip + cpuid_out], eax
+    mov [rip + cpuid_out + 4], ebx
+    mov [rip + cpuid_out + 8], ecx
+    mov [rip + cpuid_out + 12], edx
+    lea rbx, [rip + cpuid_out]
+    mov r14d, 4
+2:  mov edi, [rbx]
+    call put_hex
+    add rbx, 4
+    dec r14d
+    jnz 2b
+    xor edi, edi
+    jmp exit
+
+cmd_vsock_echo:                     /* socket, bind(CID_ANY:PORT), listen, accept, echo */
+    call arg2_decimal
+    mov [rip + svm_port], eax
+    mov dword ptr [rip + svm_cid], -1
+    call vsock_socket
+    mov rbx, rax
+    mov eax, SYS_bind
+    mov rdi, rbx
+    lea rsi, [rip + sockaddr_vm]
+    mov edx, 16
+    syscall
+    test rax, rax
+    jnz fail
+    mov eax, SYS_listen
+    mov rdi, rbx
+    mov esi, 1
+    syscall
+    test rax, rax
+    jnz fail
+    lea rsi, [rip + s_listening]
+    call puts
+    mov eax, SYS_accept
+    mov rdi, rbx
+    xor esi, esi
+    xor edx, edx
+    syscall
+    test rax, rax
+    js fail
+    mov rbx, rax
+1:  mov eax, SYS_read
+    mov rdi, rbx
+    lea rsi, [rip + iobuf]
+    mov edx, 4096
+    syscall
+    test rax, rax
+    jle 2f
+    mov rdx, rax
+    mov eax, SYS_write
+    mov rdi, rbx
+    lea rsi, [rip + iobuf]
+    syscall
+    jmp 1b
+2:  xor edi, edi
+    jmp exit
+
+cmd_vsock_send:                     /* connect(CID:PORT), stdin -> socket, socket -> stdout */
+    call arg2_decimal
+    mov [rip + svm_cid], eax
+    cmp r12, 4
+    jb usage
+    mov rsi, [r13 + 24]
+    call parse_decimal
+    mov [rip + svm_port], eax
+    call vsock_socket
+    mov rbx, rax
+    mov eax, SYS_connect
+    mov rdi, rbx
+    lea rsi, [rip + sockaddr_vm]
+    mov edx, 16
+    syscall
+    test rax, rax
+    jnz fail
+1:  mov eax, SYS_read                /* stdin to the socket */
+    xor edi, edi
+    lea rsi, [rip + iobuf]
+    mov edx, 4096
+    syscall
+    test rax, rax
+    jle 2f
+    mov rdx, rax
+    mov eax, SYS_write
+    mov rdi, rbx
+    lea rsi, [rip + iobuf]
+    syscall
+    jmp 1b
+2:  mov eax, SYS_shutdown            /* SHUT_WR: the peer sees the end */
+    mov rdi, rbx
+    mov esi, 1
+    syscall
+3:  mov eax, SYS_read                /* the socket to stdout */
+    mov rdi, rbx
+    lea rsi, [rip + iobuf]
+    mov edx, 4096
+    syscall
+    test rax, rax
+    jle 4f
+    mov rdx, rax
+    mov eax, SYS_write
+    mov edi, 1
+    lea rsi, [rip + iobuf]
+    syscall
+    jmp 3b
+4:  xor edi, edi
+    jmp exit
+
+vsock_socket:
+    mov eax, SYS_socket
+    mov edi, AF_VSOCK
+    mov esi, SOCK_STREAM
+    xor edx, edx
+    syscall
+    test rax, rax
+    js fail
+    ret
+
 fail:
     mov edi, 1
 exit:
@@ -137,6 +416,7 @@ arg2_decimal:                       /* argv[2] as a decimal number */
     cmp r12, 3
     jb usage
     mov rsi, [r13 + 16]
+parse_decimal:                      /* rsi: C string */
     xor eax, eax
 1:  movzx ecx, byte ptr [rsi]
     sub ecx, '0'
@@ -233,10 +513,34 @@ s_getppid: .asciz "getppid"
 s_touch: .asciz "touch"
 s_segv: .asciz "segv"
 s_lstar: .asciz "lstar"
-s_usage: .asciz "usage: kvmkit-probe getppid N | touch N | segv | lstar ADDR\n"
+s_xmm: .asciz "xmm"
+s_xmmspin: .asciz "xmmspin"
+s_xmmfault: .asciz "xmmfault"
+s_cpuid: .asciz "cpuid"
+s_vecho: .asciz "vsock-echo"
+s_vsend: .asciz "vsock-send"
+s_listening: .asciz "listening\n"
+s_usage: .asciz "usage: kvmkit-probe getppid N | touch N | segv | lstar ADDR | xmm N | xmmspin N | xmmfault N | cpuid LEAF [SUB] | vsock-echo PORT | vsock-send CID PORT\n"
 s_segv_msg: .asciz "writing to address 0\n"
 s_flags: .asciz "rflags "
 s_port: .asciz "trying port I/O\n"
 s_port_open: .asciz "port I/O allowed!\n"
+.data
+.align 8
+sockaddr_vm:                        /* struct sockaddr_vm */
+    .short AF_VSOCK
+    .short 0
+svm_port: .long 0
+svm_cid: .long 0
+    .long 0
 .bss
 numbuf: .skip 32
+iobuf: .skip 4096
+.align 16
+xmm_values: .skip 256
+xmm_now: .skip 256
+xmm_spin: .skip 1
+.align 8
+cpuid_out: .skip 16
+.align 8
+xmm_pages: .skip 8

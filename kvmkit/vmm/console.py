@@ -189,7 +189,9 @@ class Console:
         """
         self._shell_seq = getattr(self, "_shell_seq", 0) + 1
         n = self._shell_seq
-        self.send(f'echo "__kvmkit""_{n}s"; {command}; echo "__kvmkit""_{n}e" $?\n')
+        command = command.strip()
+        sep = " " if command.endswith("&") and not command.endswith("&&") else "; "   # `cmd &;` is a syntax error
+        self.send(f'echo "__kvmkit""_{n}s"; {command}{sep}echo "__kvmkit""_{n}e" $?\n')
         rx = re.compile(rb"__kvmkit_%ds\r?\n(.*?)__kvmkit_%de (\d+)\r?\n" % (n, n), re.S)
         m = self.expect(rx, timeout, alive)
         return int(m.group(2)), m.group(1).decode("utf-8", "replace").replace("\r\n", "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -159,3 +160,36 @@ def test_serial_on_a_unix_socket(tiny_guest, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.kvm
+def test_run_with_no_arguments_ends_at_a_shell_and_poweroff_exits_0():
+    """What the README promises: `kvmkit run` alone, on a terminal, boots the
+    fast guest to its busybox prompt; typed commands work; `poweroff` ends
+    kvmkit with status 0.  Prints the time to the prompt."""
+    started = time.monotonic()
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(sys.executable, [*KVMKIT, "run"])
+    try:
+        out = _read_until(fd, b"root@kvmkit:~# ", timeout=900)
+        print(f"kvmkit run: shell prompt after {time.monotonic() - started:.1f} s")
+        assert b"host-compat" not in out or b"syscall completed in the VMM" in out
+        for typed, want in ((b"uname -r", rb"\n6\.1\.\d+\r\n"),
+                            (b"cat /proc/cpuinfo | grep -c processor", rb"\n1\r\n"),
+                            (b"echo hi > /tmp/f; cat /tmp/f", rb"\nhi\r\n")):
+            os.write(fd, typed + b"\r")
+            got = _read_until(fd, b"root@kvmkit:~# ", timeout=120)
+            assert re.search(want, got), got
+        os.write(fd, b"poweroff\r")
+        out = _read_until(fd, b"kvmkit:", timeout=120)     # the host-compat summary, or EOF
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, out[-1000:])
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)

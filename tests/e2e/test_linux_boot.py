@@ -135,7 +135,7 @@ def test_date_advances_with_the_host(fast_boot):
 def test_busy_loops_run_on_both_cpus(fast_boot):
     """Two CPU-bound shell loops finish in about the time of one, and both
     CPUs accumulate user time while they run."""
-    loop = "i=0; while [ $i -lt 150000 ]; do i=$((i+1)); done"
+    loop = "i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); done"
 
     def timed(command: str) -> float:
         t = time.monotonic()
@@ -146,7 +146,7 @@ def test_busy_loops_run_on_both_cpus(fast_boot):
         lines = fast_boot.sh("grep '^cpu[0-9]' /proc/stat").splitlines()
         return [int(line.split()[1]) for line in lines]
 
-    one = timed(loop)
+    one = timed(f"({loop}) & wait")
     before = user_ticks()
     two = timed(f"({loop}) & ({loop}) & wait")
     after = user_ticks()
@@ -207,10 +207,13 @@ def test_syscall_and_page_fault_load_keeps_time_and_interrupts(fast_boot):
 
 
 def test_no_kernel_warnings(fast_boot):
-    t = fast_boot.text
+    """Nothing but the faults the probe program asked for (its segfault, its
+    port I/O after the LSTAR jump)."""
+    lines = [line for line in fast_boot.text.splitlines() if "kvmkit-probe" not in line]
     for bad in ("WARNING:", "BUG:", "Oops", "rcu_sched self-detected stall", "soft lockup",
-                "clocksource: timekeeping watchdog", "segfault at"):
-        assert bad not in t, t[t.index(bad) - 500: t.index(bad) + 500]
+                "clocksource: timekeeping watchdog", "segfault at", "traps:"):
+        found = [line for line in lines if bad in line]
+        assert not found, found
 
 
 def test_reboot_gives_the_reboot_status(fast_boot):
@@ -232,7 +235,7 @@ def test_stock_kernel_reaches_its_shell_with_virtio_modules(tmp_path):
     disk = tmp_path / "disk.raw"
     with open(disk, "wb") as f:
         f.truncate(16 << 20)
-    specs = VirtioSpecs(disks=(DiskSpec(str(disk)),), nets=(NetSpec(""),))
+    specs = VirtioSpecs(disks=(DiskSpec(str(disk)),), nets=(NetSpec(),))
     with Machine(VmConfig.build(g.vmlinux, initrd=g.initrd, cmdline=g.cmdline, memory="512M", cpus=1,
                                 serial=f"file:{tmp_path / 'console.log'}", virtio=specs)) as m:
         m.console.expect(rb"Linux version 6\.1", timeout=600, alive=lambda: m.running)

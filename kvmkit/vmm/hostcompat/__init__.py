@@ -73,7 +73,15 @@ EMULATING_HOST = HostCompat(
     # distro kernels run SSSE3/SSE4/AES-NI/PCLMUL/SHA code in kernel mode
     # (crypto self-tests at boot), which the emulator lacks; without them the
     # kernel picks its generic C implementations.
-    cmdline_extra=("noxsave", "clearcpuid=popcnt,smap,ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,avx,avx2,erms,fsrm"),
+    # Then what only makes the emulated kernel slow here (kvmkit run --profile
+    # shows each): tsc=reliable, since the clocksource watchdog mistakes
+    # emulation delays for a bad clock; noreplace-smp, since a 1-vCPU kernel
+    # otherwise text_pokes every lock prefix (~3 s); percpu_alloc=page, since
+    # the embedded first chunk zeroes 2 MiB with `rep stosb` (~1.5 s);
+    # random.trust_cpu=on, since without RDRAND seeding the RNG mixes entropy
+    # in emulated code for seconds.
+    cmdline_extra=("noxsave", "clearcpuid=popcnt,smap,ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,avx,avx2,erms,fsrm",
+                   "tsc=reliable", "noreplace-smp", "percpu_alloc=page", "random.trust_cpu=on"),
     complete_int3=True,
     complete_clac_stac=True,
     # syscall from ring 3 stays in ring 3 here (HOST-NOTES): syscall_trap.py
