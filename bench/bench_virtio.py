@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--guest", action="store_true", help="guest dd vs QEMU (needs guest user space)")
     a = ap.parse_args()
     if a.guest:
-        sys.exit("--guest: needs guest user space, which this host cannot run (HOST-NOTES 'hard wall'); "
+        sys.exit("--guest: needs guest user space; "
                  "see tests/devices/test_virtio_guest.py for the boot recipe")
     total, req = a.mib * MiB, a.request_kib * 1024
     with tempfile.TemporaryDirectory() as d:

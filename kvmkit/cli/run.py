@@ -55,6 +55,10 @@ def add_parser(subparsers: Any) -> None:
                         "profile of where the guest kernel spends its time to FILE when the VM ends "
                         "(function names from an ELF vmlinux's symbols)")
     p.add_argument("--profile-hz", type=float, default=100.0, metavar="HZ", help="samples per second per vCPU")
+    p.add_argument("--restore", metavar="DIR[,shared=on]",
+                   help="start from a snapshot (kvmkit snapshot create) instead of booting: the machine, "
+                        "kernel and devices come from it; --serial, --qmp, --paused still apply. Guest RAM "
+                        "is mapped from DIR/memory copy-on-write, or written back to it with shared=on")
     p.add_argument("--no-acpi", dest="acpi", action="store_false",
                    help="no ACPI tables or power-management ports (MP table only; "
                         "QMP system_powerdown then sends Ctrl-Alt-Del)")
@@ -94,6 +98,35 @@ def _virtio_specs(args: argparse.Namespace):
     return None if specs.empty else specs
 
 
+# Options that describe the machine: a restore takes all of them from the snapshot.
+MACHINE_OPTIONS = ("kernel", "initrd", "cmdline", "memory", "disk", "net", "virtio_console", "rng",
+                   "balloon", "vsock")
+
+
+def _restore_spec(text: str) -> tuple[str, bool]:
+    path, _, opts = text.partition(",")
+    shared = False
+    for opt in (o for o in opts.split(",") if o):
+        key, _, value = opt.partition("=")
+        if key != "shared" or value not in ("on", "off"):
+            raise ConfigError(f"--restore {text}: unknown option {opt!r} (known: shared=on|off)")
+        shared = value == "on"
+    if not path:
+        raise ConfigError("--restore: a snapshot directory is required")
+    return path, shared
+
+
+def _restored_machine(args: argparse.Namespace, serial):
+    from kvmkit.vmm.machine import Machine
+    given = [o for o in MACHINE_OPTIONS if getattr(args, o) not in (None, [], False)]
+    if given or args.cpus != 1:
+        names = ", ".join("--" + o.replace("virtio_", "").replace("_", "-") for o in given + (
+            ["cpus"] if args.cpus != 1 else []))
+        raise ConfigError(f"--restore takes the machine from the snapshot; {names} cannot be given with it")
+    path, shared = _restore_spec(args.restore)
+    return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from kvmkit.vmm.config import SerialSpec, VmConfig
     from kvmkit.vmm.machine import Machine
@@ -104,6 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.qmp:
         from kvmkit.cli.qmp import parse_qmp_address
         qmp_addrs = [parse_qmp_address(q) for q in args.qmp]
+    if args.restore:
+        return _run(args, _restored_machine(args, serial), qmp_addrs)
     kernel, initrd, cmdline = args.kernel, args.initrd, args.cmdline
     if kernel is None:
         if initrd is not None:
@@ -120,7 +155,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                             serial=serial, host_compat=args.host_compat, name=args.name,
                             start_paused=args.paused, reboot_action=args.reboot, acpi=args.acpi,
                             virtio=_virtio_specs(args))
-    machine = Machine(config)
+    return _run(args, Machine(config), qmp_addrs)
+
+
+def _run(args: argparse.Namespace, machine, qmp_addrs) -> int:
     if machine.compat.enabled:
         print(f"kvmkit: {machine.compat.describe()}", file=sys.stderr)
     monitors = []

@@ -19,6 +19,9 @@
  *                              each time
  *   kvmkit-probe cpuid LEAF [SUBLEAF]
  *                              prints EAX EBX ECX EDX of CPUID as ring 3 sees it
+ *   kvmkit-probe ymm MODE N    the XMM check with the full YMM registers
+ *                              (MODE: yield, spin or fault)
+ *   kvmkit-probe xgetbv        prints XCR0 as ring 3 reads it (what glibc checks)
  *   kvmkit-probe vsock-echo PORT
  *                              accepts one vsock connection on PORT and echoes
  *                              what it reads until the peer closes
@@ -76,6 +79,12 @@ _start:
     lea rdi, [rip + s_cpuid]
     call streq
     jz cmd_cpuid
+    lea rdi, [rip + s_xgetbv]
+    call streq
+    jz cmd_xgetbv
+    lea rdi, [rip + s_ymm]
+    call streq
+    jz cmd_ymm
     lea rdi, [rip + s_vecho]
     call streq
     jz cmd_vsock_echo
@@ -257,6 +266,121 @@ xmm_load:
     jmp xmm_load
 5:  mov rdi, r14
     call put_decimal
+    xor edi, edi
+    jmp exit
+
+cmd_ymm:                            /* argv[2] = yield|spin|fault, argv[3] = N */
+    mov rsi, [r13 + 16]
+    mov al, [rsi]
+    mov [rip + ymm_mode], al
+    cmp r12, 4
+    jb usage
+    mov rsi, [r13 + 24]
+    call parse_decimal
+    mov rbx, rax
+    mov eax, SYS_mmap               /* pages for the fault mode */
+    xor edi, edi
+    mov rsi, rbx
+    shl rsi, 12
+    mov edx, 3
+    mov r10d, 0x22
+    mov r8, -1
+    xor r9d, r9d
+    syscall
+    mov [rip + xmm_pages], rax
+    xor r14d, r14d
+    mov eax, 39                     /* getpid: values differ per process */
+    syscall
+    mov rdx, 0x0101010101010101
+    imul rax, rdx
+    lea rdi, [rip + ymm_values]
+    mov ecx, 64
+1:  mov [rdi], rax
+    add rdi, 8
+    add rax, rdx
+    dec ecx
+    jnz 1b
+ymm_load:
+    vmovdqu ymm0, [rip + ymm_values + 0]
+    vmovdqu ymm1, [rip + ymm_values + 32]
+    vmovdqu ymm2, [rip + ymm_values + 64]
+    vmovdqu ymm3, [rip + ymm_values + 96]
+    vmovdqu ymm4, [rip + ymm_values + 128]
+    vmovdqu ymm5, [rip + ymm_values + 160]
+    vmovdqu ymm6, [rip + ymm_values + 192]
+    vmovdqu ymm7, [rip + ymm_values + 224]
+    vmovdqu ymm8, [rip + ymm_values + 256]
+    vmovdqu ymm9, [rip + ymm_values + 288]
+    vmovdqu ymm10, [rip + ymm_values + 320]
+    vmovdqu ymm11, [rip + ymm_values + 352]
+    vmovdqu ymm12, [rip + ymm_values + 384]
+    vmovdqu ymm13, [rip + ymm_values + 416]
+    vmovdqu ymm14, [rip + ymm_values + 448]
+    vmovdqu ymm15, [rip + ymm_values + 480]
+2:  test rbx, rbx
+    jz 5f
+    mov al, [rip + ymm_mode]
+    cmp al, 'y'
+    jne 6f
+    mov eax, SYS_sched_yield
+    syscall
+    jmp 7f
+6:  cmp al, 'f'
+    jne 8f
+    mov rax, [rip + xmm_pages]
+    mov byte ptr [rax], 1
+    add rax, 4096
+    mov [rip + xmm_pages], rax
+    jmp 7f
+8:  mov ecx, 20000
+9:  pause
+    dec ecx
+    jnz 9b
+7:
+    vmovdqu [rip + ymm_now + 0], ymm0
+    vmovdqu [rip + ymm_now + 32], ymm1
+    vmovdqu [rip + ymm_now + 64], ymm2
+    vmovdqu [rip + ymm_now + 96], ymm3
+    vmovdqu [rip + ymm_now + 128], ymm4
+    vmovdqu [rip + ymm_now + 160], ymm5
+    vmovdqu [rip + ymm_now + 192], ymm6
+    vmovdqu [rip + ymm_now + 224], ymm7
+    vmovdqu [rip + ymm_now + 256], ymm8
+    vmovdqu [rip + ymm_now + 288], ymm9
+    vmovdqu [rip + ymm_now + 320], ymm10
+    vmovdqu [rip + ymm_now + 352], ymm11
+    vmovdqu [rip + ymm_now + 384], ymm12
+    vmovdqu [rip + ymm_now + 416], ymm13
+    vmovdqu [rip + ymm_now + 448], ymm14
+    vmovdqu [rip + ymm_now + 480], ymm15
+    lea rsi, [rip + ymm_now]
+    lea rdi, [rip + ymm_values]
+    mov ecx, 64
+3:  mov rax, [rsi]
+    cmp rax, [rdi]
+    jne 4f
+    add rsi, 8
+    add rdi, 8
+    dec ecx
+    jnz 3b
+    dec rbx
+    jmp 2b
+4:  inc r14
+    dec rbx
+    jmp ymm_load
+5:  vzeroupper
+    mov rdi, r14
+    call put_decimal
+    xor edi, edi
+    jmp exit
+
+cmd_xgetbv:
+    xor ecx, ecx
+    xgetbv
+    shl rdx, 32
+    or rax, rdx
+    mov rdi, rax
+    call put_hex
     xor edi, edi
     jmp exit
 
@@ -517,10 +641,12 @@ s_xmm: .asciz "xmm"
 s_xmmspin: .asciz "xmmspin"
 s_xmmfault: .asciz "xmmfault"
 s_cpuid: .asciz "cpuid"
+s_xgetbv: .asciz "xgetbv"
+s_ymm: .asciz "ymm"
 s_vecho: .asciz "vsock-echo"
 s_vsend: .asciz "vsock-send"
 s_listening: .asciz "listening\n"
-s_usage: .asciz "usage: kvmkit-probe getppid N | touch N | segv | lstar ADDR | xmm N | xmmspin N | xmmfault N | cpuid LEAF [SUB] | vsock-echo PORT | vsock-send CID PORT\n"
+s_usage: .asciz "usage: kvmkit-probe getppid N | touch N | segv | lstar ADDR | xmm N | xmmspin N | xmmfault N | cpuid LEAF [SUB] | xgetbv | ymm yield|spin|fault N | vsock-echo PORT | vsock-send CID PORT\n"
 s_segv_msg: .asciz "writing to address 0\n"
 s_flags: .asciz "rflags "
 s_port: .asciz "trying port I/O\n"
@@ -540,6 +666,10 @@ iobuf: .skip 4096
 xmm_values: .skip 256
 xmm_now: .skip 256
 xmm_spin: .skip 1
+ymm_mode: .skip 1
+.align 32
+ymm_values: .skip 512
+ymm_now: .skip 512
 .align 8
 cpuid_out: .skip 16
 .align 8

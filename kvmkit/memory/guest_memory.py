@@ -55,6 +55,24 @@ class GuestMemory:
             regions.append(MemoryRegion(gpa, size, m, slot))
         return cls(regions)
 
+    @classmethod
+    def from_file(cls, path: str, layout: list[tuple[int, int, int]], *, shared: bool = False) -> "GuestMemory":
+        """Map ``[(gpa, size, file offset), ...]`` of ``path``: copy-on-write
+        (``MAP_PRIVATE``: the guest's writes stay in this process, the file
+        is untouched and reads happen page by page as the guest touches
+        them) or, with ``shared``, writable through to the file."""
+        import os
+        regions = []
+        fd = os.open(path, os.O_RDWR if shared else os.O_RDONLY)
+        try:
+            for slot, (gpa, size, offset) in enumerate(layout):
+                m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE,
+                              prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+                regions.append(MemoryRegion(gpa, size, m, slot))
+        finally:
+            os.close(fd)
+        return cls(regions)
+
     @property
     def regions(self) -> list[MemoryRegion]:
         return list(self._regions)

@@ -84,3 +84,7 @@ class VmControl(Protocol):
 
     def query_stats(self) -> dict[str, Any]:
         """kvmkit's counters: exits, and what host-compat completed in the VMM."""
+
+    def save_snapshot(self, directory: str) -> Any:
+        """Write the whole VM into ``directory`` (a running VM pauses for the
+        copy and continues); returns a :class:`kvmkit.vmm.snapshot.SnapshotInfo`."""

@@ -15,7 +15,7 @@ import mmap
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from kvmkit.arch.x86 import acpi, boot, layout
 from kvmkit.arch.x86.bootparams import E820_RAM, E820_RESERVED, E820Entry, ZeroPage
@@ -43,6 +43,9 @@ from kvmkit.vmm.hostcompat.syscall_trap import SyscallTrap
 from kvmkit.vmm.interrupts import KvmInterruptController
 from kvmkit.vmm.vcpu_loop import VcpuThread, install_kick_handler
 
+if TYPE_CHECKING:
+    from kvmkit.vmm.snapshot import Snapshot, SnapshotInfo
+
 log = logging.getLogger("kvmkit.vmm")
 
 REQUIRED_CAPS = (Cap.IRQCHIP, Cap.USER_MEMORY, Cap.SET_TSS_ADDR, Cap.PIT2, Cap.IOEVENTFD,
@@ -59,8 +62,11 @@ class Machine:
     """A running (or runnable) VM.  Use as a context manager, or call
     :meth:`start`, :meth:`wait` and :meth:`close`."""
 
-    def __init__(self, config: VmConfig, *, compat: hostcompat.HostCompat | None = None) -> None:
+    def __init__(self, config: VmConfig, *, compat: hostcompat.HostCompat | None = None,
+                 restore: "Snapshot | None" = None, shared_memory: bool = False) -> None:
         self.config = config
+        self._restore_from = restore
+        self._shared_memory = shared_memory
         self.name = config.name
         self.uuid = config.uuid
         self.kernel: KernelImage = parse_kernel(config.kernel)
@@ -107,7 +113,12 @@ class Machine:
         vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
         vm.create_irqchip()
         vm.create_pit2()
-        self.memory = GuestMemory.anonymous(layout.ram_layout(cfg.memory))
+        if self._restore_from is not None:
+            snap = self._restore_from
+            self.memory = GuestMemory.from_file(str(snap.memory_path), snap.memory_layout(),
+                                                shared=self._shared_memory)
+        else:
+            self.memory = GuestMemory.anonymous(layout.ram_layout(cfg.memory))
         for r in self.memory.regions:
             r.mapping.madvise(mmap.MADV_MERGEABLE) if hasattr(mmap, "MADV_MERGEABLE") else None
             addr = ctypes.addressof(ctypes.c_char.from_buffer(r.mapping))
@@ -147,7 +158,8 @@ class Machine:
         self.completer = InstructionCompleter(self.memory, self.compat.complete_int3,
                                               self.compat.complete_clac_stac, self.syscall_trap)
         self._initial_devices = self._device_states()
-        self._load_guest()
+        if self._restore_from is None:
+            self._load_guest()
         self._create_vcpus()
         if self.kvm.check_extension(Cap.COALESCED_PIO):
             from kvmkit.vmm.coalesced import CoalescedWrites
@@ -155,6 +167,8 @@ class Machine:
             self._serial_polled_tx(True)
         self._initial_irqchips = [vm.get_irqchip(i) for i in range(3)]
         self._initial_pit = vm.get_pit2()
+        if self._restore_from is not None:
+            self._apply_snapshot(self._restore_from.body)
 
     def _serial_polled_tx(self, polled: bool) -> None:
         """Coalesce writes to COM1's transmit register while the guest polls
@@ -171,6 +185,91 @@ class Machine:
 
     def _device_states(self) -> dict[str, dict]:
         return {name: d.save_state() for name, d in self._legacy_devices().items()}
+
+    # ------------------------------------------------------------ save / restore
+    def _pci_host_state(self) -> dict | None:
+        from kvmkit.devices.pci.host import find_host_bridge
+        bridge = find_host_bridge(self.pio_bus)
+        return None if bridge is None else bridge.save_state()
+
+    def _compat_state(self) -> dict[str, Any]:
+        return {"completed": dict(self.completer.counts), "xsave": self.completer.xsave.save_state(),
+                "syscall-trap": self.syscall_trap.save_state() if self.syscall_trap is not None else None}
+
+    def _apply_snapshot(self, body: dict[str, Any]) -> None:
+        """Load a snapshot's state into this freshly built machine (its RAM
+        is already the snapshot's memory file)."""
+        from kvmkit.kvm import structs as S
+        from kvmkit.vmm.snapshot import SnapshotError, apply_vcpu
+        if len(body["vcpus"]) != len(self.vcpus):
+            raise SnapshotError(f"snapshot has {len(body['vcpus'])} vCPUs, this machine {len(self.vcpus)}")
+        saved = [(d["name"], d["kind"]) for d in body["virtio"]]
+        here = [(d.name, d.kind) for d in self.virtio_devices]
+        if saved != here:
+            raise SnapshotError(f"snapshot's virtio devices {saved} differ from this machine's {here}")
+        vm = self.vm
+        for chip in body["vm"]["irqchips"]:
+            vm.set_irqchip(S.kvm_irqchip.from_buffer_copy(bytes.fromhex(chip)))
+        vm.set_pit2(S.kvm_pit_state2.from_buffer_copy(bytes.fromhex(body["vm"]["pit"])))
+        for vcpu, record in zip(self.vcpus, body["vcpus"]):
+            refused = apply_vcpu(vcpu, record)
+            if refused:
+                log.info("vCPU %d: KVM refused MSRs %s on restore", vcpu.id, ", ".join(map(hex, refused)))
+        vm.set_clock(body["vm"]["clock"])
+        for name, device in self._legacy_devices().items():
+            if name in body["devices"]:
+                device.load_state(body["devices"][name])
+        if body.get("pci-host") is not None:
+            from kvmkit.devices.pci.host import find_host_bridge
+            find_host_bridge(self.pio_bus).load_state(body["pci-host"])
+        for device, record in zip(self.virtio_devices, body["virtio"]):
+            device.load_state(record["state"])
+        compat = body.get("compat-state") or {}
+        self.completer.counts.update(compat.get("completed", {}))
+        if compat.get("xsave"):
+            self.completer.xsave.load_state(compat["xsave"])
+        if self.syscall_trap is not None and compat.get("syscall-trap"):
+            self.syscall_trap.load_state(compat["syscall-trap"])
+
+    def save_snapshot(self, directory: str | os.PathLike) -> "SnapshotInfo":
+        """Write the whole VM into ``directory`` (see :mod:`kvmkit.vmm.snapshot`).
+        A running VM is paused for the copy and then continues; a paused one
+        stays paused."""
+        from kvmkit.vmm.snapshot import save
+        if self._done.is_set():
+            raise GuestError("the VM has ended: nothing to snapshot")
+        was_running = self._state == RunState.RUNNING
+        if was_running:
+            self.pause()
+        elif not self.threads:
+            pass                    # never started: the build state is the state
+        try:
+            with self._quiesced_devices():
+                return save(self, directory)
+        finally:
+            if was_running:
+                self.resume()
+
+    def _quiesced_devices(self):
+        """Hold every virtio device's lock while its rings are captured, so
+        no I/O thread moves an index between the queue record and RAM."""
+        import contextlib
+        stack = contextlib.ExitStack()
+        for d in self.virtio_devices:
+            stack.enter_context(d.lock)
+        return stack
+
+    @classmethod
+    def restore(cls, directory: str | os.PathLike, *, shared_memory: bool = False,
+                **overrides: Any) -> "Machine":
+        """A new machine continuing where the snapshot in ``directory`` left
+        off (not started: call :meth:`start`).  ``overrides`` replace config
+        fields (``serial=``, ``start_paused=``, ``virtio=``...)."""
+        from kvmkit.vmm.snapshot import Snapshot
+        snap = Snapshot.open(directory)
+        config = snap.config(**overrides)
+        return cls(config, compat=hostcompat.resolve(config.host_compat), restore=snap,
+                   shared_memory=shared_memory)
 
     def _pci_root(self) -> acpi.PciRoot | None:
         """The PCI host bridge as the firmware tables describe it: the DSDT

@@ -41,7 +41,7 @@ class HostCompat:
         trap = "; syscall completed in the VMM (trap on the #PF handler)" if self.syscall_trap else ""
         return (f"host-compat on ({self.reason}): hide {hidden}; guest cmdline += "
                 f"'{' '.join(self.cmdline_extra)}'; int3 -> #BP injection; fwait, lsl, ldmxcsr, stmxcsr, "
-                f"clac, stac completed in the VMM{trap}")
+                f"xsave, xrstor, clac, stac completed in the VMM{trap}")
 
 
 # KVM paravirt features whose guest side issues hypercalls; the emulating
@@ -80,7 +80,12 @@ EMULATING_HOST = HostCompat(
     # the embedded first chunk zeroes 2 MiB with `rep stosb` (~1.5 s);
     # random.trust_cpu=on, since without RDRAND seeding the RNG mixes entropy
     # in emulated code for seconds.
-    cmdline_extra=("noxsave", "clearcpuid=popcnt,smap,ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,avx,avx2,erms,fsrm",
+    # XSAVE stays (the VMM completes xsave/xrstor: xsave.py) with XCR0 cut
+    # to x87|SSE: guest user space sees the host's CPUID natively and would
+    # otherwise use AVX state a noxsave kernel never saves.  Only the
+    # standard form: no XSAVEOPT/XSAVEC/XSAVES/XGETBV1, no PKU.
+    cmdline_extra=("clearcpuid=popcnt,smap,ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,avx,avx2,erms,fsrm,"
+                   "fma,f16c,xsaveopt,xsavec,xsaves,xgetbv1,pku,ospke",
                    "tsc=reliable", "noreplace-smp", "percpu_alloc=page", "random.trust_cpu=on"),
     complete_int3=True,
     complete_clac_stac=True,

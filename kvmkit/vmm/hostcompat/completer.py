@@ -14,7 +14,9 @@ import logging
 from kvmkit.errors import GuestError
 from kvmkit.kvm.constants import InternalError
 from kvmkit.kvm.vcpu import Vcpu
-from kvmkit.vmm.hostcompat.text import decode, disassemble, instruction_bytes, linear_to_physical
+from kvmkit.vmm.hostcompat.xsave import GuestFault, XsaveCompleter
+from kvmkit.vmm.hostcompat.text import (decode, disassemble, effective_address, instruction_bytes,
+                                        linear_to_physical, read_reg, strip_rex, write_reg)
 
 log = logging.getLogger("kvmkit.emulation")
 
@@ -27,45 +29,12 @@ MF_VECTOR = 16
 X86_CR0_NE = 1 << 5
 LSL = b"\x0f\x03"
 MXCSR_OPS = {2: "ldmxcsr", 3: "stmxcsr"}   # 0f ae /2, /3
+XSAVE_OPS = {4: "xsave", 5: "xrstor"}      # 0f ae /4, /5 (memory forms)
 MXCSR_DEFAULT = 0x1F80
 XSTATE_BV_DWORD = 512 // 4                 # XSAVE header: which components the area holds
 XFEATURE_SSE, XFEATURE_YMM = 1 << 1, 1 << 2
 CLAC = b"\x0f\x01\xca"
 STAC = b"\x0f\x01\xcb"
-
-
-_REG64 = {"ax": "rax", "bx": "rbx", "cx": "rcx", "dx": "rdx", "si": "rsi", "di": "rdi",
-          "sp": "rsp", "bp": "rbp"}
-
-
-def _strip_rex(code: bytes) -> bytes:
-    i = 0
-    while i < len(code) and (code[i] == 0x66 or 0x40 <= code[i] <= 0x4F):
-        i += 1
-    return code[i:]
-
-
-def _reg_field(name: str) -> tuple[str, int]:
-    """kvm_regs field and operand width in bits for a capstone register name."""
-    if name.startswith("r") and name[1:].rstrip("dwb").isdigit():
-        base = name.rstrip("dwb") if name[-1] in "dwb" else name
-        width = {"d": 32, "w": 16, "b": 8}.get(name[-1], 64) if name != base else 64
-        return base, width
-    if len(name) == 3 and name[0] in "re":
-        return _REG64[name[1:]], 64 if name[0] == "r" else 32
-    return _REG64[name], 16
-
-
-def _read_reg(regs, name: str) -> int:
-    field, width = _reg_field(name)
-    return getattr(regs, field) & ((1 << width) - 1)
-
-
-def _write_reg(regs, name: str, value: int) -> None:
-    field, width = _reg_field(name)
-    if width == 16:
-        value = (getattr(regs, field) & ~0xFFFF) | (value & 0xFFFF)
-    setattr(regs, field, value & 0xFFFFFFFFFFFFFFFF)  # 32-bit writes zero-extend
 
 
 class InstructionCompleter:
@@ -76,6 +45,7 @@ class InstructionCompleter:
         self.int3 = int3
         self.clac_stac = clac_stac
         self.trap = syscall_trap
+        self.xsave = XsaveCompleter(memory)
         self.counts: dict[str, int] = {}
 
     def handle(self, vcpu: Vcpu) -> None:
@@ -115,10 +85,13 @@ class InstructionCompleter:
                 self._inject(vcpu, MF_VECTOR)
             self._count("fwait")
             return
-        if self.int3 and _strip_rex(code).startswith(LSL) and self._complete_lsl(vcpu, regs, code, rip):
+        if self.int3 and strip_rex(code).startswith(LSL) and self._complete_lsl(vcpu, regs, code, rip):
             self._count("lsl")
             return
-        body = _strip_rex(code)
+        body = strip_rex(code)
+        if self.int3 and body[:2] == b"\x0f\xae" and len(body) > 2 and (body[2] >> 3 & 7) in XSAVE_OPS \
+                and body[2] >> 6 != 3 and self._complete_xsave(vcpu, regs, code, rip):
+            return
         if self.int3 and body[:2] == b"\x0f\xae" and len(body) > 2 and (body[2] >> 3 & 7) in MXCSR_OPS \
                 and body[2] >> 6 != 3 and self._complete_mxcsr(vcpu, regs, code, rip):
             self._count(MXCSR_OPS[body[2] >> 3 & 7])
@@ -151,7 +124,7 @@ class InstructionCompleter:
         if dst.type != x86.X86_OP_REG or src.type != x86.X86_OP_REG:
             return False
         dst_name, src_name = insn.reg_name(dst.reg), insn.reg_name(src.reg)
-        selector = _read_reg(regs, src_name) & 0xFFFF
+        selector = read_reg(regs, src_name) & 0xFFFF
         sregs = vcpu.get_sregs()
         ok, limit = False, 0
         index = selector & ~7
@@ -166,12 +139,29 @@ class InstructionCompleter:
                         limit = (limit << 12) | 0xFFF
                     ok = True
         if ok:
-            _write_reg(regs, dst_name, limit)
+            write_reg(regs, dst_name, limit)
             regs.rflags |= 1 << 6
         else:
             regs.rflags &= ~(1 << 6)
         regs.rip = rip + insn.size
         vcpu.set_regs(regs)
+        return True
+
+    def _complete_xsave(self, vcpu: Vcpu, regs, code: bytes, rip: int) -> bool:
+        """``xsave``/``xrstor`` (the guest kernel's context switch; see
+        :mod:`kvmkit.vmm.hostcompat.xsave`)."""
+        insn = decode(code, rip)
+        if insn is None or insn.mnemonic not in ("xsave", "xsave64", "xrstor", "xrstor64"):
+            return False
+        try:
+            self.xsave.complete(vcpu, regs, insn)
+        except GuestFault as fault:
+            if fault.cr2 is not None:
+                sregs = vcpu.get_sregs()
+                sregs.cr2 = fault.cr2
+                vcpu.set_sregs(sregs)
+            self._inject(vcpu, fault.vector, fault.error_code)
+        self._count(insn.mnemonic.rstrip("64"))
         return True
 
     def _complete_mxcsr(self, vcpu: Vcpu, regs, code: bytes, rip: int) -> bool:
@@ -185,7 +175,7 @@ class InstructionCompleter:
         op = insn.operands[0]
         if op.type != x86.X86_OP_MEM:
             return False
-        addr = self._effective_address(vcpu, regs, insn, op.mem)
+        addr = effective_address(vcpu, regs, insn, op.mem)
         phys = linear_to_physical(vcpu, addr, 4)
         if phys is None:
             return False
@@ -210,21 +200,6 @@ class InstructionCompleter:
             regs.rip = rip + insn.size
             vcpu.set_regs(regs)
         return True
-
-    @staticmethod
-    def _effective_address(vcpu: Vcpu, regs, insn, mem) -> int:
-        from capstone import x86
-        addr = mem.disp
-        if mem.base == x86.X86_REG_RIP:
-            addr += insn.address + insn.size
-        elif mem.base:
-            addr += _read_reg(regs, insn.reg_name(mem.base))
-        if mem.index:
-            addr += _read_reg(regs, insn.reg_name(mem.index)) * mem.scale
-        if mem.segment in (x86.X86_REG_FS, x86.X86_REG_GS):
-            sregs = vcpu.get_sregs()
-            addr += (sregs.fs if mem.segment == x86.X86_REG_FS else sregs.gs).base
-        return addr & 0xFFFFFFFFFFFFFFFF
 
     @staticmethod
     def _inject(vcpu: Vcpu, vector: int, error_code: int | None = None) -> None:
