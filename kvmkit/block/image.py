@@ -23,6 +23,18 @@ MAX_CHAIN_DEPTH = 64
 
 QCOW2_MAGIC = b"QFI\xfb"
 
+#: Largest virtual size kvmkit creates or resizes to (4 EiB): qcow2's L1
+#: arithmetic and the host's off_t both stay in range below it.
+MAX_IMAGE_SIZE = 1 << 62
+
+
+def check_image_size(size: int) -> int:
+    """``size`` if it is a size an image can have, else an :class:`ImageError`
+    (not the OverflowError ``ftruncate`` would raise)."""
+    if not 0 <= size <= MAX_IMAGE_SIZE:
+        raise ImageError(f"invalid image size {size}: must be between 0 and {MAX_IMAGE_SIZE} (4 EiB)")
+    return size
+
 
 class Kind(enum.Enum):
     """What a byte range of one layer holds."""

@@ -11,7 +11,7 @@ import os
 from typing import Sequence
 
 from kvmkit.block import fileio
-from kvmkit.block.image import BlockImage, Kind, LayerRun
+from kvmkit.block.image import BlockImage, Kind, LayerRun, check_image_size
 from kvmkit.errors import ImageError
 
 class RawImage(BlockImage):
@@ -32,6 +32,7 @@ class RawImage(BlockImage):
     @classmethod
     def create(cls, path: str, size: int) -> None:
         """Create a sparse raw file of ``size`` bytes (truncating an existing one)."""
+        check_image_size(size)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -98,6 +99,7 @@ class RawImage(BlockImage):
 
     def resize(self, new_size: int, shrink: bool = False) -> None:
         self.check_writable()
+        check_image_size(new_size)
         if new_size < self._size and not shrink:
             raise ImageError("use --shrink to shrink an image (data past the new end is lost)")
         os.ftruncate(self.fd, new_size)

@@ -16,7 +16,7 @@ from array import array
 from typing import Sequence
 
 from kvmkit.block import fileio
-from kvmkit.block.image import BlockImage, Kind, LayerRun, iov_slices
+from kvmkit.block.image import BlockImage, Kind, LayerRun, check_image_size, iov_slices
 from kvmkit.block.qcow2 import header as hdr
 from kvmkit.block.qcow2.cache import TableCache
 from kvmkit.block.qcow2.refcounts import Refcounts, dump_u64_table, load_u64_table
@@ -154,8 +154,7 @@ class Qcow2Image(BlockImage):
         if version == 2 and (order != 4 or lazy_refcounts):
             raise ImageError("compat=0.10 images support only 16-bit refcounts and no "
                              "lazy refcounts")
-        if size < 0 or size >> 62:
-            raise ImageError(f"invalid image size {size}")
+        check_image_size(size)
         h = hdr.Qcow2Header(version=version, cluster_bits=bits, size=0, l1_size=0,
                             l1_table_offset=0, refcount_table_offset=cluster_size,
                             refcount_table_clusters=1, refcount_order=order,
@@ -606,8 +605,7 @@ class Qcow2Image(BlockImage):
     # -- size -------------------------------------------------------------------------
     def resize(self, new_size: int, shrink: bool = False) -> None:
         self.check_writable()
-        if new_size < 0 or new_size >> 62:
-            raise ImageError(f"invalid image size {new_size}")
+        check_image_size(new_size)
         with self.lock:
             if new_size < self.size:
                 if not shrink:

@@ -45,7 +45,11 @@ def build_devices(ctx: DeviceContext, specs: VirtioSpecs) -> list[VirtioDevice]:
         for i, n in enumerate(specs.nets):
             tap = Tap.open(n.tap)
             if n.tap is None:
-                tap.set_up()
+                try:
+                    tap.set_up()
+                except BaseException:
+                    tap.close()
+                    raise
             devices.append(VirtioNet(ctx.memory, f"net{i}", tap, parse_mac(n.mac) if n.mac else None))
         if specs.console is not None:
             out_fd = 1

@@ -17,7 +17,7 @@ from kvmkit.devices.virtio import iov
 from kvmkit.devices.virtio.constants import DeviceId, bit
 from kvmkit.devices.virtio.device import VirtioDevice
 from kvmkit.devices.virtio.queue import Chain, Virtqueue
-from kvmkit.errors import KvmkitError
+from kvmkit.errors import ConfigError, KvmkitError
 from kvmkit.memory.guest_memory import GuestMemory
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,19 @@ class BlockRequestError(Exception):
 
 
 def open_backend(path: str, fmt: str | None, readonly: bool) -> Any:
-    """Open the image with kvmkit.block (raw and qcow2)."""
+    """Open the image with kvmkit.block (raw and qcow2).  A failure names the
+    option it came from (``--disk path=X: ...``), as --net and --serial do:
+    with several disks, the user must see which one."""
+    from kvmkit.block.image import open_image
     try:
-        from kvmkit.block import open_image            # the package's public name, once exported
-    except ImportError:
-        from kvmkit.block.image import open_image
-    return open_image(path, format=fmt, readonly=readonly)
+        return open_image(path, format=fmt, readonly=readonly)
+    except KvmkitError as exc:
+        raise ConfigError(f"--disk path={path}: {_without_path(str(exc), path)}") from None
+
+
+def _without_path(message: str, path: str) -> str:
+    """``message`` without a leading ``path:`` the option already names."""
+    return message[len(path) + 2:] if message.startswith(f"{path}: ") else message
 
 
 class VirtioBlock(VirtioDevice):
