@@ -66,8 +66,10 @@ def add_parser(subparsers: Any) -> None:
 def _add_virtio_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("virtio devices")
     g.add_argument("--disk", action="append", default=[], metavar="SPEC",
-                   help="path=IMG[,format=raw|qcow2][,readonly=on][,cache=none|writeback]"
-                        "[,discard=unmap][,serial=S]: a virtio-blk disk (/dev/vda, vdb, ...; repeatable)")
+                   help="path=IMG[,format=raw|qcow2][,readonly=on][,cache=MODE][,discard=unmap][,serial=S]: "
+                        "a virtio-blk disk (/dev/vda, vdb, ...; repeatable). MODE as QEMU's: writeback "
+                        "(default), none (O_DIRECT), writethrough (data on disk before a write completes), "
+                        "directsync (both), unsafe (flushes ignored)")
     g.add_argument("--net", action="append", default=[], metavar="SPEC", nargs="?", const="",
                    help="[tap=NAME][,mac=52:54:00:..]: a virtio-net NIC on a tap (created if no name; repeatable)")
     g.add_argument("--console", metavar="virtio[,out=FILE]", dest="virtio_console",

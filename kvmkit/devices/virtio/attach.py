@@ -38,7 +38,7 @@ def build_devices(ctx: DeviceContext, specs: VirtioSpecs) -> list[VirtioDevice]:
     devices: list[VirtioDevice] = []
     try:
         for i, d in enumerate(specs.disks):
-            image = open_backend(d.path, d.format, d.readonly)
+            image = open_backend(d.path, d.format, d.readonly, d.cache)
             devices.append(VirtioBlock(ctx.memory, f"virtio{i}", image, readonly=d.readonly,
                                        discard=d.discard, serial=d.serial or "", path=d.path,
                                        fmt=getattr(image, "format", d.format or "")))

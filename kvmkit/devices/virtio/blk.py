@@ -22,7 +22,7 @@ from kvmkit.memory.guest_memory import GuestMemory
 
 log = logging.getLogger(__name__)
 
-F_SEG_MAX, F_RO, F_BLK_SIZE, F_FLUSH = 2, 5, 6, 9
+F_SEG_MAX, F_RO, F_BLK_SIZE, F_FLUSH, F_CONFIG_WCE = 2, 5, 6, 9, 11
 F_DISCARD, F_WRITE_ZEROES = 13, 14
 
 T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
@@ -33,6 +33,7 @@ SEG_MAX = QUEUE_SIZE - 2
 MAX_DISCARD_SECTORS = 1 << 22           # 2 GiB per segment
 MAX_DISCARD_SEG = 32
 ID_BYTES = 20
+WRITEBACK_OFFSET = 32                   # virtio_blk_config.writeback: 1 = volatile cache, flushes needed
 
 _HDR = struct.Struct("<IIQ")
 _SEG = struct.Struct("<QII")
@@ -42,13 +43,14 @@ class BlockRequestError(Exception):
     """One request fails with IOERR (bad range, read-only...): the device lives on."""
 
 
-def open_backend(path: str, fmt: str | None, readonly: bool) -> Any:
-    """Open the image with kvmkit.block (raw and qcow2).  A failure names the
-    option it came from (``--disk path=X: ...``), as --net and --serial do:
-    with several disks, the user must see which one."""
+def open_backend(path: str, fmt: str | None, readonly: bool, cache: str = "writeback") -> Any:
+    """Open the image with kvmkit.block (raw and qcow2) in QEMU cache mode
+    ``cache``.  A failure names the option it came from (``--disk path=X:
+    ...``), as --net and --serial do: with several disks, the user must see
+    which one."""
     from kvmkit.block.image import open_image
     try:
-        return open_image(path, format=fmt, readonly=readonly)
+        return open_image(path, format=fmt, readonly=readonly, cache=cache)
     except KvmkitError as exc:
         raise ConfigError(f"--disk path={path}: {_without_path(str(exc), path)}") from None
 
@@ -79,7 +81,7 @@ class VirtioBlock(VirtioDevice):
         return self.image.size // SECTOR
 
     def device_features(self) -> int:
-        f = bit(F_SEG_MAX) | bit(F_BLK_SIZE) | bit(F_FLUSH)
+        f = bit(F_SEG_MAX) | bit(F_BLK_SIZE) | bit(F_FLUSH) | bit(F_CONFIG_WCE)
         if self.readonly:
             f |= bit(F_RO)
         else:
@@ -95,9 +97,15 @@ class VirtioBlock(VirtioDevice):
             0, 0, 0,                        # geometry: unused by Linux for virtio
             SECTOR,
             0, 0, 1, 0,                     # topology
-            1, 1,                           # writeback, num_queues
+            0 if self.image.writethrough else 1, 1,   # writeback (cache mode), num_queues
             MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, 1,
             MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, 1)
+
+    def write_config(self, offset: int, size: int, value: int) -> None:
+        """The one writable field: the guest turns the volatile cache on or off
+        (Linux's /sys/block/vda/queue/write_cache), as QEMU lets it."""
+        if offset == WRITEBACK_OFFSET and size == 1 and not self.readonly:
+            self.image.writethrough = not value & 1
 
     # -- requests ------------------------------------------------------------
     def handle_chain(self, queue: Virtqueue, chain: Chain) -> int | None:
