@@ -64,6 +64,8 @@ def test_guest_is_told_whether_the_disk_has_a_volatile_cache(blk_in, cache, wce)
     ctx, dev, drv, ring, path = blk_in(cache)
     assert drv.features >> F_CONFIG_WCE & 1
     assert drv.device_cfg(WRITEBACK_OFFSET, 1) == wce
+    assert dev.query()["inserted"]["cache"] == {           # QMP query-block, as QEMU spells it
+        "writeback": bool(wce), "direct": cache in ("none", "directsync"), "no-flush": cache == "unsafe"}
 
 
 def test_writethrough_request_is_durable_before_it_is_used(blk_in):

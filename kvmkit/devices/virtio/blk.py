@@ -203,6 +203,9 @@ class VirtioBlock(VirtioDevice):
         info = super().query()
         info.update({"device": self.name, "locked": False, "removable": False,
                      "inserted": {"file": self.path, "ro": self.readonly, "drv": self.fmt,
+                                  "cache": {"writeback": not self.image.writethrough,
+                                            "direct": self.image.direct is not None,
+                                            "no-flush": bool(self.image.unsafe)},
                                   "image": {"filename": self.path, "format": self.fmt,
                                             "virtual-size": self.image.size}},
                      "stats": dict(self.stats)})
