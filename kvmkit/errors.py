@@ -33,3 +33,27 @@ class ImageError(KvmkitError):
 
 class GuestError(KvmkitError):
     """The guest stopped in a way the VMM cannot continue from."""
+
+
+class HostResourceError(KvmkitError):
+    """The host would not give the VMM something it needs (guest RAM, a device
+    node, a socket, a file).  The message names the resource and the host's
+    reason, so ``kvmkit run -m 100T`` says "guest RAM: cannot map 100 TiB"
+    instead of a traceback from ``mmap``."""
+
+
+def host_error(what: str, exc: OSError) -> HostResourceError:
+    """``what``: the thing that could not be had, as the user named it
+    (``--vsock uds=/x``, ``guest RAM (100 TiB)``); the reason is the errno text."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return HostResourceError(f"{what}: {reason}")
+
+
+def describe_host_error(e: BaseException) -> str:
+    """An ``OSError`` or ``MemoryError`` no boundary explained, as one line:
+    the reason, then the file (the CLI's last resort before a traceback)."""
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    name = f": {e.filename}" if isinstance(e, OSError) and e.filename else ""
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+    return f"{reason}{name}"

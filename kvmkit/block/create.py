@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from kvmkit.block.image import open_image, resolve_backing_path, probe_format
+from kvmkit.block.image import check_image_size, open_image, probe_format, resolve_backing_path
 from kvmkit.block.qcow2.image import Qcow2Image
 from kvmkit.block.raw import RawImage
 from kvmkit.block.units import parse_size
@@ -59,8 +59,7 @@ def create_image(path: str, fmt: str, size: int | None, *, backing: str | None =
                 size = b.size
     if size is None:
         raise ImageError("an image size is required (or a backing file to take it from)")
-    if size < 0:
-        raise ImageError(f"invalid image size {size}")
+    check_image_size(size)
     if fmt == "raw":
         for key in opts:
             if key != "preallocation" or opts[key] != "off":

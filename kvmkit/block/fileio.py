@@ -154,3 +154,31 @@ def copy_range(src_fd: int, src_off: int, dst_fd: int, dst_off: int, length: int
         src_off += done
         dst_off += done
         length -= done
+
+
+SYS_CACHESTAT = 451                     # x86_64; Linux 6.5+
+
+
+class _CachestatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class PageCacheStat(ctypes.Structure):
+    """What ``cachestat(2)`` reports for a range of a file, in pages."""
+    _fields_ = [(n, ctypes.c_uint64) for n in
+                ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+
+
+def cachestat(fd: int, offset: int = 0, length: int = 0) -> PageCacheStat | None:
+    """How much of ``fd``'s [offset, +length) (0: to the end) sits in the
+    host page cache, and how much of it is dirty: the evidence that a cache
+    mode does what it says (O_DIRECT leaves nothing cached, writethrough
+    nothing dirty).  None where the kernel lacks the call."""
+    st = PageCacheStat()
+    rng = _CachestatRange(offset, length)
+    if _libc.syscall(SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(st), 0) == 0:
+        return st
+    err = ctypes.get_errno()
+    if err == errno.ENOSYS:
+        return None
+    raise OSError(err, os.strerror(err))

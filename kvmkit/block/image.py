@@ -13,15 +13,31 @@ import enum
 import os
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from kvmkit.errors import ImageError
+
+if TYPE_CHECKING:
+    from kvmkit.block.cachemode import CacheMode
+    from kvmkit.block.directio import DirectIO
 
 #: Longest backing chain we follow; deeper than this is almost surely a loop
 #: through paths that resolve differently, or a hostile image.
 MAX_CHAIN_DEPTH = 64
 
 QCOW2_MAGIC = b"QFI\xfb"
+
+#: Largest virtual size kvmkit creates or resizes to (4 EiB): qcow2's L1
+#: arithmetic and the host's off_t both stay in range below it.
+MAX_IMAGE_SIZE = 1 << 62
+
+
+def check_image_size(size: int) -> int:
+    """``size`` if it is a size an image can have, else an :class:`ImageError`
+    (not the OverflowError ``ftruncate`` would raise)."""
+    if not 0 <= size <= MAX_IMAGE_SIZE:
+        raise ImageError(f"invalid image size {size}: must be between 0 and {MAX_IMAGE_SIZE} (4 EiB)")
+    return size
 
 
 class Kind(enum.Enum):
@@ -97,8 +113,28 @@ class BlockImage:
         self.readonly = readonly
         self.backing: BlockImage | None = None
         self.unsafe = False          # True: flush() skips fsync (qemu's cache=unsafe)
+        self.writethrough = False    # True: every write is flushed before it returns
+        self.direct: DirectIO | None = None   # O_DIRECT for guest data (cache=none/directsync)
+        self.cache_mode = "writeback"
+        self.sync_count = 0          # fdatasync calls issued (what a flush cost the host)
         self.lock = threading.RLock()
         self._closed = False
+
+    def set_cache_mode(self, mode: str | CacheMode) -> None:
+        """Apply a QEMU cache mode (see :mod:`kvmkit.block.cachemode`) to this
+        layer; O_DIRECT is opened here, so a file system without it fails now,
+        with the reason, rather than at the first guest write."""
+        from kvmkit.block.cachemode import parse_cache_mode
+        m = parse_cache_mode(mode)
+        if m.direct and self.direct is None:
+            from kvmkit.block.directio import DirectIO
+            self.direct = DirectIO(self.path, self.readonly)
+        elif not m.direct and self.direct is not None:
+            self.direct.close()
+            self.direct = None
+        self.unsafe = m.ignore_flush
+        self.writethrough = m.writethrough
+        self.cache_mode = m.name
 
     # -- what formats implement -------------------------------------------------
     @property
@@ -118,16 +154,17 @@ class BlockImage:
         """Fill ``views`` from a DATA or COMPRESSED run starting ``skip`` bytes in."""
         raise NotImplementedError
 
-    def pwritev(self, offset: int, buffers: Sequence[memoryview]) -> int:
+    def _pwritev(self, offset: int, buffers: Sequence[memoryview]) -> int:
+        """Write a scatter list at guest ``offset`` (the format's primitive)."""
         raise NotImplementedError
 
     def flush(self) -> None:
         raise NotImplementedError
 
-    def discard(self, offset: int, length: int) -> None:
+    def _discard(self, offset: int, length: int) -> None:
         raise NotImplementedError
 
-    def write_zeroes(self, offset: int, length: int) -> None:
+    def _write_zeroes(self, offset: int, length: int) -> None:
         raise NotImplementedError
 
     def resize(self, new_size: int, shrink: bool = False) -> None:
@@ -193,6 +230,47 @@ class BlockImage:
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         return self.pwritev(offset, [memoryview(data)])
 
+    # Writes: the format's primitive, then the cache mode's promise.
+    def pwritev(self, offset: int, buffers: Sequence[memoryview]) -> int:
+        """Write ``buffers`` (scatter list) at guest ``offset``; returns bytes written.
+        In writethrough mode the data is durable when this returns."""
+        n = self._pwritev(offset, buffers)
+        self._written()
+        return n
+
+    def discard(self, offset: int, length: int) -> None:
+        self._discard(offset, length)
+        self._written()
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        self._write_zeroes(offset, length)
+        self._written()
+
+    def _written(self) -> None:
+        if self.writethrough:
+            self.flush()
+
+    # Guest data on the host: through O_DIRECT when the cache mode asks for it.
+    def _data_preadv(self, views: list[memoryview], host_offset: int) -> None:
+        from kvmkit.block import fileio
+        if self.direct is not None:
+            self.direct.preadv(views, host_offset)
+        else:
+            fileio.preadv_full(self.fd, views, host_offset)
+
+    def _data_pwritev(self, views: list[memoryview], host_offset: int) -> None:
+        from kvmkit.block import fileio
+        if self.direct is not None:
+            self.direct.pwritev(views, host_offset)
+        else:
+            fileio.pwritev_full(self.fd, views, host_offset)
+
+    def _fdatasync(self) -> None:
+        """The one place a flush reaches the host's disk (cache=unsafe: nowhere)."""
+        if not self.unsafe:
+            os.fdatasync(self.fd)
+            self.sync_count += 1
+
     def copy_from_fd(self, offset: int, length: int, src_fd: int, src_offset: int) -> None:
         """Write bytes of another file at guest ``offset`` (formats may copy kernel-side)."""
         from kvmkit.block import fileio
@@ -255,6 +333,9 @@ class BlockImage:
         finally:
             self._closed = True
             os.close(self.fd)
+            if self.direct is not None:
+                self.direct.close()
+                self.direct = None
             if self.backing is not None:
                 self.backing.close()
 
@@ -301,13 +382,16 @@ def resolve_backing_path(image_path: str, backing: str) -> str:
 
 def open_image(path: str, format: str | None = None, readonly: bool = False, *,
                backing: bool = True, unsafe: bool = False, backing_root: str | None = None,
+               cache: str | CacheMode | None = None,
                _seen: frozenset[str] = frozenset()) -> BlockImage:
     """Open ``path`` (probing the format unless given) and its backing chain.
 
     Backing images are always opened read-only. A chain that revisits a file
     (by device and inode, so symlinks and ``..`` cannot hide it) is refused.
     ``unsafe`` skips fsync barriers (for a target a crash would discard anyway,
-    like qemu-img convert's default cache=unsafe). ``backing_root`` confines
+    like qemu-img convert's default cache=unsafe). ``cache`` is a QEMU cache
+    mode (``none``, ``writeback``, ``writethrough``, ``directsync``,
+    ``unsafe``) applied to the whole chain; ``unsafe=True`` is ``cache="unsafe"``. ``backing_root`` confines
     backing files to one directory tree: an untrusted image naming
     ``/etc/shadow`` as its backing file would otherwise expose that file.
     """
@@ -333,6 +417,8 @@ def open_image(path: str, format: str | None = None, readonly: bool = False, *,
     else:
         raise ImageError(f"unknown image format {fmt!r} (supported: raw, qcow2)")
     try:
+        if cache is not None:
+            img.set_cache_mode(cache)
         name = img.backing_filename
         if backing and name:
             bpath = resolve_backing_path(path, name)
@@ -347,7 +433,7 @@ def open_image(path: str, format: str | None = None, readonly: bool = False, *,
             if not os.path.exists(bpath):
                 raise ImageError(f"{path}: backing file {bpath!r} does not exist")
             img.backing = open_image(bpath, bfmt, readonly=True, unsafe=unsafe,
-                                     backing_root=backing_root, _seen=_seen | {ident})
+                                     backing_root=backing_root, cache=cache, _seen=_seen | {ident})
     except BaseException:
         img.close()
         raise

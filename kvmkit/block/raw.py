@@ -11,7 +11,7 @@ import os
 from typing import Sequence
 
 from kvmkit.block import fileio
-from kvmkit.block.image import BlockImage, Kind, LayerRun
+from kvmkit.block.image import BlockImage, Kind, LayerRun, check_image_size
 from kvmkit.errors import ImageError
 
 class RawImage(BlockImage):
@@ -32,6 +32,7 @@ class RawImage(BlockImage):
     @classmethod
     def create(cls, path: str, size: int) -> None:
         """Create a sparse raw file of ``size`` bytes (truncating an existing one)."""
+        check_image_size(size)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -64,9 +65,11 @@ class RawImage(BlockImage):
         self._preadv_host(run.start + skip, views)
 
     def _preadv_host(self, offset: int, views: list[memoryview]) -> None:
-        fileio.preadv_full(self.fd, views, offset)
+        self._data_preadv(views, offset)
 
     def pread(self, offset: int, length: int) -> bytes:
+        if self.direct is not None:
+            return super().pread(offset, length)
         self.check_range(offset, length)
         return fileio.pread_exact(self.fd, offset, length)
 
@@ -75,22 +78,22 @@ class RawImage(BlockImage):
         self._preadv_host(offset, views)
         return total
 
-    def pwritev(self, offset: int, buffers: Sequence[memoryview]) -> int:
+    def _pwritev(self, offset: int, buffers: Sequence[memoryview]) -> int:
         self.check_writable()
         views, total = self.request(offset, buffers)
-        fileio.pwritev_full(self.fd, views, offset)
+        self._data_pwritev(views, offset)
         return total
 
     def flush(self) -> None:
-        if not self.readonly and not self.unsafe:
-            os.fdatasync(self.fd)
+        if not self.readonly:
+            self._fdatasync()
 
-    def discard(self, offset: int, length: int) -> None:
+    def _discard(self, offset: int, length: int) -> None:
         self.check_writable()
         self.check_range(offset, length)
         fileio.punch_hole(self.fd, offset, length)   # advisory: ignore if unsupported
 
-    def write_zeroes(self, offset: int, length: int) -> None:
+    def _write_zeroes(self, offset: int, length: int) -> None:
         self.check_writable()
         self.check_range(offset, length)
         if not fileio.punch_hole(self.fd, offset, length):
@@ -98,6 +101,7 @@ class RawImage(BlockImage):
 
     def resize(self, new_size: int, shrink: bool = False) -> None:
         self.check_writable()
+        check_image_size(new_size)
         if new_size < self._size and not shrink:
             raise ImageError("use --shrink to shrink an image (data past the new end is lost)")
         os.ftruncate(self.fd, new_size)

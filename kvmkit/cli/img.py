@@ -22,7 +22,7 @@ from kvmkit.block.qcow2 import snapshots as snap
 from kvmkit.block.qcow2.check import check_image
 from kvmkit.block.qcow2.image import Qcow2Image
 from kvmkit.block.units import format_size, parse_size
-from kvmkit.errors import KvmkitError
+from kvmkit.errors import KvmkitError, describe_host_error
 
 PROG = "kvmkit img"
 
@@ -38,9 +38,8 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             return handler(args)
         except KvmkitError as exc:
             return _error(str(exc))
-        except OSError as exc:
-            name = f" {exc.filename!r}" if exc.filename else ""
-            return _error(f"{exc.strerror or exc}{name}")
+        except (OSError, MemoryError) as exc:
+            return _error(describe_host_error(exc))
         except KeyboardInterrupt:
             return _error("interrupted")
     run.__name__ = handler.__name__
@@ -183,7 +182,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_resize(args: argparse.Namespace) -> int:
     text = args.size
     with open_image(args.filename, args.format, backing=False) as img:
-        if text[0] in "+-":
+        if text[:1] in ("+", "-"):
             delta = parse_size(text[1:])
             new = img.size + delta if text[0] == "+" else img.size - delta
         else:

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from kvmkit import __version__
-from kvmkit.errors import KvmkitError
+from kvmkit.errors import KvmkitError, describe_host_error
 
 SUBCOMMANDS = ("run", "snapshot", "guest", "img", "qmp")
 
@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(handler(args) or 0)
     except KvmkitError as e:
         print(f"kvmkit {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, MemoryError) as e:
+        # The host refused something no boundary above named (the boundaries
+        # should: this is the net under them).  One line; -vv shows where.
+        logging.getLogger("kvmkit").debug("host error", exc_info=True)
+        print(f"kvmkit {args.command}: error: {describe_host_error(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

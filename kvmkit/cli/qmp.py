@@ -56,6 +56,18 @@ def _client_address(path: str) -> QmpAddress:
     return _parse(path if path.startswith(("unix:", "tcp:")) else f"unix:{path}")
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds (socket
+    timeouts refuse the rest with a traceback)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400 * 365:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0 and at most a year")
+    return value
+
+
 def cmd_qmp(args: argparse.Namespace) -> int:
     """Run one command against a QMP server and print its result."""
     from kvmkit.monitor.client import QmpClient
@@ -96,6 +108,6 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("qmp_command", metavar="COMMAND", help="QMP command, e.g. query-status")
     parser.add_argument("arguments", metavar="ARGS", nargs="?",
                         help="command arguments as a JSON object")
-    parser.add_argument("--timeout", type=float, default=30.0,
+    parser.add_argument("--timeout", type=seconds, default=30.0,
                         help="seconds to wait for the server (default 30)")
     parser.set_defaults(handler=cmd_qmp)

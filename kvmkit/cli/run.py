@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Any
 
-from kvmkit.errors import ConfigError
+from kvmkit.errors import ConfigError, host_error
 from kvmkit.sizes import parse_size
 from kvmkit.vmm.api import ExitReason
 
@@ -21,6 +21,7 @@ log = logging.getLogger("kvmkit.run")
 
 INIT_DIED = b"Attempted to kill init"
 DEFAULT_MEMORY = "512M"         # for a kernel you bring; kvmkit's guests say what they need
+MAX_PROFILE_HZ = 10000          # each sample stops a vCPU: more would be the guest's whole time
 
 
 def add_parser(subparsers: Any) -> None:
@@ -69,8 +70,10 @@ def add_parser(subparsers: Any) -> None:
 def _add_virtio_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("virtio devices")
     g.add_argument("--disk", action="append", default=[], metavar="SPEC",
-                   help="path=IMG[,format=raw|qcow2][,readonly=on][,cache=none|writeback]"
-                        "[,discard=unmap][,serial=S]: a virtio-blk disk (/dev/vda, vdb, ...; repeatable)")
+                   help="path=IMG[,format=raw|qcow2][,readonly=on][,cache=MODE][,discard=unmap][,serial=S]: "
+                        "a virtio-blk disk (/dev/vda, vdb, ...; repeatable). MODE as QEMU's: writeback "
+                        "(default), none (O_DIRECT), writethrough (data on disk before a write completes), "
+                        "directsync (both), unsafe (flushes ignored)")
     g.add_argument("--net", action="append", default=[], metavar="SPEC", nargs="?", const="",
                    help="[tap=NAME][,mac=52:54:00:..]: a virtio-net NIC on a tap (created if no name; repeatable)")
     g.add_argument("--console", metavar="virtio[,out=FILE]", dest="virtio_console",
@@ -91,10 +94,10 @@ def _virtio_specs(args: argparse.Namespace):
         transport=args.virtio_transport,
         disks=tuple(vc.parse_disk(d) for d in args.disk),
         nets=tuple(vc.parse_net(n) for n in args.net),
-        console=vc.parse_console(args.virtio_console) if args.virtio_console else None,
+        console=vc.parse_console(args.virtio_console) if args.virtio_console is not None else None,
         rng=args.rng,
         balloon=vc.parse_balloon(args.balloon) if args.balloon is not None else None,
-        vsock=vc.parse_vsock(args.vsock) if args.vsock else None)
+        vsock=vc.parse_vsock(args.vsock) if args.vsock is not None else None)
     return None if specs.empty else specs
 
 
@@ -131,7 +134,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kvmkit.vmm.config import SerialSpec, VmConfig
     from kvmkit.vmm.machine import Machine
 
-    memory = parse_size(args.memory, default_unit="M", what="memory size") if args.memory else None
+    memory = parse_size(args.memory, default_unit="M", what="memory size") if args.memory is not None else None
+    if not 0 < args.profile_hz <= MAX_PROFILE_HZ:
+        raise ConfigError(f"--profile-hz {args.profile_hz:g} must be above 0 and at most {MAX_PROFILE_HZ}")
+    if args.profile:
+        _check_writable("--profile", args.profile)
     serial = SerialSpec.parse(args.serial)
     qmp_addrs = []
     if args.qmp:
@@ -147,8 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         g = fast_guest(build=True)
         kernel, initrd = g.vmlinux, g.initrd
         cmdline = cmdline if cmdline is not None else g.cmdline
-        memory = memory or parse_size(g.memory, default_unit="M")
-    memory = memory or parse_size(DEFAULT_MEMORY, default_unit="M")
+        memory = memory if memory is not None else parse_size(g.memory, default_unit="M")
+    memory = memory if memory is not None else parse_size(DEFAULT_MEMORY, default_unit="M")
     if cmdline is None:
         cmdline = "console=ttyS0"
     config = VmConfig.build(kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=args.cpus,
@@ -182,9 +189,22 @@ def _run(args: argparse.Namespace, machine, qmp_addrs) -> int:
         machine.close()
         if profiler is not None:
             profiler.stop()
-            profiler.write(args.profile, machine.kernel.path if machine.kernel.kind == "elf" else None)
-            print(f"kvmkit: guest profile written to {args.profile}", file=sys.stderr)
+            try:
+                profiler.write(args.profile, machine.kernel.path if machine.kernel.kind == "elf" else None)
+                print(f"kvmkit: guest profile written to {args.profile}", file=sys.stderr)
+            except OSError as exc:
+                print(f"kvmkit: error: --profile {args.profile}: {exc.strerror or exc}", file=sys.stderr)
     return _report(machine)
+
+
+def _check_writable(option: str, path: str) -> None:
+    """Fail before the boot, not after it, when an output file cannot be
+    written: a profile is only written when the VM ends."""
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise host_error(f"{option} {path}", exc) from None
 
 
 def _report(machine) -> int:

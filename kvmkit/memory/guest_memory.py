@@ -11,10 +11,11 @@ block I/O can ``preadv``/``pwritev`` straight into guest memory.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from dataclasses import dataclass, field
 
-from kvmkit.errors import GuestMemoryError
+from kvmkit.errors import GuestMemoryError, HostResourceError
 
 
 @dataclass
@@ -34,6 +35,16 @@ class MemoryRegion:
         return self.guest_phys_addr <= gpa and gpa + length <= self.end and length >= 0
 
 
+def _ram_error(total: int, exc: Exception) -> Exception:
+    """The one line a failed RAM mmap becomes: how much was asked for, the
+    host's reason, and how much the host has free (what the user can act on)."""
+    from kvmkit.sizes import format_size
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "too large for this host"
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return HostResourceError(f"guest RAM: cannot map {format_size(total)}: {reason} "
+                             f"(the host has {free >> 20} MiB free)")
+
+
 class GuestMemory:
     """The guest's RAM regions, with bounds-checked access.
 
@@ -48,10 +59,15 @@ class GuestMemory:
     @classmethod
     def anonymous(cls, layout: list[tuple[int, int]]) -> "GuestMemory":
         """Allocate anonymous private mappings for ``[(gpa, size), ...]``."""
-        regions = []
+        regions: list[MemoryRegion] = []
         for slot, (gpa, size) in enumerate(layout):
-            m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                          prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            try:
+                m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            except (OSError, OverflowError) as exc:
+                for r in regions:
+                    r.mapping.close()
+                raise _ram_error(sum(s for _, s in layout), exc) from None
             regions.append(MemoryRegion(gpa, size, m, slot))
         return cls(regions)
 

@@ -11,7 +11,7 @@ import os
 import socket
 import struct
 
-from kvmkit.errors import ConfigError
+from kvmkit.errors import ConfigError, host_error
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
@@ -63,11 +63,14 @@ class Tap:
         fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
 
     def set_up(self, up: bool = True) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            res = fcntl.ioctl(s, SIOCGIFFLAGS, _ifreq(self.name))
-            flags = struct.unpack_from("H", res, IFNAMSIZ)[0]
-            flags = flags | IFF_UP if up else flags & ~IFF_UP
-            fcntl.ioctl(s, SIOCSIFFLAGS, _ifreq(self.name, flags))
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                res = fcntl.ioctl(s, SIOCGIFFLAGS, _ifreq(self.name))
+                flags = struct.unpack_from("H", res, IFNAMSIZ)[0]
+                flags = flags | IFF_UP if up else flags & ~IFF_UP
+                fcntl.ioctl(s, SIOCSIFFLAGS, _ifreq(self.name, flags))
+        except OSError as exc:
+            raise host_error(f"tap {self.name}: cannot set it {'up' if up else 'down'}", exc) from None
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -4,6 +4,7 @@ so bad input fails with a one-line message and nothing half-built."""
 from __future__ import annotations
 
 import os
+import stat
 import uuid as _uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,21 @@ class SerialSpec:
             if text.startswith(kind + ":") and len(text) > len(kind) + 1:
                 return cls(kind, text[len(kind) + 1:])
         raise ConfigError(f"invalid serial {text!r}: expected stdio, file:PATH, unix:PATH or null")
+
+
+def _check_readable(label: str, path: Path) -> None:
+    """A kernel or initrd the VMM can read, or a one-line ConfigError saying
+    why not (a path under a directory we may not search fails in ``stat``)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{label} {path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{label} {path}: {(exc.strerror or str(exc)).lower()}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{label} {path}: is a directory")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{label} {path}: permission denied")
 
 
 @dataclass(frozen=True)
@@ -63,12 +79,7 @@ class VmConfig:
         for label, path in (("kernel", self.kernel), ("initrd", self.initrd)):
             if path is None:
                 continue
-            if not Path(path).exists():
-                raise ConfigError(f"{label} {path}: no such file")
-            if Path(path).is_dir():
-                raise ConfigError(f"{label} {path}: is a directory")
-            if not os.access(path, os.R_OK):
-                raise ConfigError(f"{label} {path}: permission denied")
+            _check_readable(label, Path(path))
         if self.initrd is not None:
             size = Path(self.initrd).stat().st_size
             if size > self.memory // 2:
@@ -80,6 +91,10 @@ class VmConfig:
               initrd: str | os.PathLike | None = None, serial: str | SerialSpec = "buffer",
               **kw: Any) -> "VmConfig":
         """Convenience constructor accepting strings the way the CLI does."""
+        if not str(kernel):
+            raise ConfigError("kernel: the path is empty")
+        if initrd is not None and not str(initrd):
+            raise ConfigError("initrd: the path is empty")
         if isinstance(memory, str):
             memory = parse_size(memory, default_unit="M", what="memory size")
         if isinstance(serial, str):

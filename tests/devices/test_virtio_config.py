@@ -18,7 +18,7 @@ def test_disk_full():
 
 @pytest.mark.parametrize("text, needle", [
     ("format=raw", "path"), ("path=a,format=vmdk", "format='vmdk'"), ("path=a,readonly=maybe", "readonly"),
-    ("path=a,cache=unsafe", "cache='unsafe'"), ("path=a,bogus=1", "'bogus'"), ("path=a,path=b", "twice"),
+    ("path=a,cache=sometimes", "cache='sometimes'"), ("path=a,bogus=1", "'bogus'"), ("path=a,path=b", "twice"),
     ("path=a,discard=yes", "discard"), ("path=a,serial=" + "x" * 21, "serial")])
 def test_disk_errors(text, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):

@@ -16,7 +16,7 @@ from array import array
 from typing import Sequence
 
 from kvmkit.block import fileio
-from kvmkit.block.image import BlockImage, Kind, LayerRun, iov_slices
+from kvmkit.block.image import BlockImage, Kind, LayerRun, check_image_size, iov_slices
 from kvmkit.block.qcow2 import header as hdr
 from kvmkit.block.qcow2.cache import TableCache
 from kvmkit.block.qcow2.refcounts import Refcounts, dump_u64_table, load_u64_table
@@ -154,8 +154,7 @@ class Qcow2Image(BlockImage):
         if version == 2 and (order != 4 or lazy_refcounts):
             raise ImageError("compat=0.10 images support only 16-bit refcounts and no "
                              "lazy refcounts")
-        if size < 0 or size >> 62:
-            raise ImageError(f"invalid image size {size}")
+        check_image_size(size)
         h = hdr.Qcow2Header(version=version, cluster_bits=bits, size=0, l1_size=0,
                             l1_table_offset=0, refcount_table_offset=cluster_size,
                             refcount_table_clusters=1, refcount_order=order,
@@ -204,8 +203,7 @@ class Qcow2Image(BlockImage):
         return os.fstat(self.fd).st_size
 
     def _barrier(self) -> None:
-        if not self.unsafe:
-            os.fdatasync(self.fd)
+        self._fdatasync()
 
     def write_header(self, new: hdr.Qcow2Header) -> None:
         """Rewrite the header cluster (one write of the packed header)."""
@@ -319,7 +317,7 @@ class Qcow2Image(BlockImage):
                                                     & (self.l2_entries - 1)] if l2off else 0
                 host = entry & OFFSET_MASK
                 if host and not entry & (COMPRESSED_BIT | ZERO_FLAG) and not host & (cs - 1) \
-                        and view.format == "B" and view.ndim == 1:
+                        and view.format == "B" and view.ndim == 1 and self.direct is None:
                     if os.preadv(self.fd, [view], host + (offset & (cs - 1))) == n:
                         return n
         return super().preadv(offset, buffers)
@@ -327,7 +325,7 @@ class Qcow2Image(BlockImage):
     def _read_layer_run(self, run: LayerRun, skip: int, views: list[memoryview]) -> None:
         if run.kind is Kind.DATA:
             assert run.host_offset is not None
-            fileio.preadv_full(self.fd, views, run.host_offset + skip)
+            self._data_preadv(views, run.host_offset + skip)
             return
         cluster = self._decompress(run.descriptor)
         pos = (run.start & (self.cs - 1)) + skip
@@ -352,14 +350,14 @@ class Qcow2Image(BlockImage):
         return out
 
     # -- writing ------------------------------------------------------------------------
-    def pwritev(self, offset: int, buffers: Sequence[memoryview]) -> int:
+    def _pwritev(self, offset: int, buffers: Sequence[memoryview]) -> int:
         self.check_writable()
         views, total = self.request(offset, buffers)
         in_place: list[tuple[int, int, int]] = []
         with self.lock:
             self._write_locked(offset, total, views, in_place)
         for skip, n, host in in_place:
-            fileio.pwritev_full(self.fd, iov_slices(views, skip, n), host)
+            self._data_pwritev(iov_slices(views, skip, n), host)
         return total
 
     def copy_from_fd(self, offset: int, length: int, src_fd: int, src_offset: int) -> None:
@@ -454,7 +452,7 @@ class Qcow2Image(BlockImage):
                 if isinstance(source, list):
                     parts = [memoryview(head)] + \
                         iov_slices(source, pos - offset, run_end - pos) + [memoryview(tail)]
-                    fileio.pwritev_full(self.fd, [p for p in parts if len(p)], new_host)
+                    self._data_pwritev([p for p in parts if len(p)], new_host)
                 else:
                     fileio.pwrite_all(self.fd, head, new_host)
                     fileio.copy_range(source[0], source[1] + pos - offset, self.fd,
@@ -481,7 +479,7 @@ class Qcow2Image(BlockImage):
         c = zlib.compressobj(6, zlib.DEFLATED, ZLIB_WBITS)
         blob = c.compress(data) + c.flush()
         if len(blob) >= self.cs - 512:
-            self.pwrite(offset, data)
+            self._pwritev(offset, [memoryview(data)])
             return
         with self.lock:
             nxt = self._compressed_next
@@ -528,7 +526,7 @@ class Qcow2Image(BlockImage):
             end = offset + length if start < offset + length else end
         return start, max(start, end)
 
-    def discard(self, offset: int, length: int) -> None:
+    def _discard(self, offset: int, length: int) -> None:
         self.check_writable()
         self.check_range(offset, length)
         start, end = self._whole_clusters(offset, length)
@@ -539,16 +537,16 @@ class Qcow2Image(BlockImage):
         elif self.header.version >= 3:
             self._set_entries(start, end - start, ZERO_FLAG)
 
-    def write_zeroes(self, offset: int, length: int) -> None:
+    def _write_zeroes(self, offset: int, length: int) -> None:
         self.check_writable()
         self.check_range(offset, length)
         start, end = self._whole_clusters(offset, length)
         if end <= start:
             start = end = offset + length
         if offset < start:
-            self.pwrite(offset, bytes(start - offset))
+            self._pwritev(offset, [memoryview(bytes(start - offset))])
         if end < offset + length:
-            self.pwrite(end, bytes(offset + length - end))
+            self._pwritev(end, [memoryview(bytes(offset + length - end))])
         if end > start:
             if self.header.version >= 3:
                 self._set_entries(start, end - start, ZERO_FLAG)
@@ -556,7 +554,7 @@ class Qcow2Image(BlockImage):
                 self._set_entries(start, end - start, 0)
             else:
                 for p in range(start, end, 1 << 20):
-                    self.pwrite(p, bytes(min(1 << 20, end - p)))
+                    self._pwritev(p, [memoryview(bytes(min(1 << 20, end - p)))])
 
     def make_empty(self) -> None:
         """Drop every cluster (reads fall through to the backing file): after commit."""
@@ -606,8 +604,7 @@ class Qcow2Image(BlockImage):
     # -- size -------------------------------------------------------------------------
     def resize(self, new_size: int, shrink: bool = False) -> None:
         self.check_writable()
-        if new_size < 0 or new_size >> 62:
-            raise ImageError(f"invalid image size {new_size}")
+        check_image_size(new_size)
         with self.lock:
             if new_size < self.size:
                 if not shrink:

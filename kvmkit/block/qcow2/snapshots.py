@@ -25,6 +25,7 @@ MAX_SNAPSHOTS = 65536
 MAX_TABLE_BYTES = 64 << 20
 MAX_EXTRA = 1024
 MAX_SNAPSHOT_L1_BYTES = 32 << 20
+MAX_NAME_BYTES = 0xFFFF                 # the name length is a u16 in the table entry
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,8 @@ def create_snapshot(img: Qcow2Image, name: str) -> Snapshot:
     img.check_writable()
     with img.lock:
         snaps = read_snapshots(img)
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise ImageError(f"snapshot name is {len(name.encode())} bytes; qcow2 allows at most {MAX_NAME_BYTES}")
         if any(s.name == name for s in snaps):
             raise ImageError(f"a snapshot named {name!r} already exists")
         img.flush_metadata()

@@ -38,14 +38,18 @@ def build_devices(ctx: DeviceContext, specs: VirtioSpecs) -> list[VirtioDevice]:
     devices: list[VirtioDevice] = []
     try:
         for i, d in enumerate(specs.disks):
-            image = open_backend(d.path, d.format, d.readonly)
+            image = open_backend(d.path, d.format, d.readonly, d.cache)
             devices.append(VirtioBlock(ctx.memory, f"virtio{i}", image, readonly=d.readonly,
                                        discard=d.discard, serial=d.serial or "", path=d.path,
                                        fmt=getattr(image, "format", d.format or "")))
         for i, n in enumerate(specs.nets):
             tap = Tap.open(n.tap)
             if n.tap is None:
-                tap.set_up()
+                try:
+                    tap.set_up()
+                except BaseException:
+                    tap.close()
+                    raise
             devices.append(VirtioNet(ctx.memory, f"net{i}", tap, parse_mac(n.mac) if n.mac else None))
         if specs.console is not None:
             out_fd = 1

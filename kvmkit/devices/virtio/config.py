@@ -1,6 +1,7 @@
 """The virtio command-line options as frozen, validated specs.
 
-``--disk path=IMG[,format=raw|qcow2][,readonly=on][,cache=none|writeback][,discard=unmap|ignore][,serial=S]``
+``--disk path=IMG[,format=raw|qcow2][,readonly=on][,cache=MODE][,discard=unmap|ignore][,serial=S]``
+(MODE: writeback, none, writethrough, directsync, unsafe; see :mod:`kvmkit.block.cachemode`)
 ``--net [tap=NAME][,mac=52:54:00:12:34:56]``   (no tap → kvmkit creates one)
 ``--console virtio[,out=FILE]``   ``--rng``   ``--balloon[,deflate-on-oom=on|off]``
 ``--vsock cid=N,uds=PATH``   ``--virtio-transport pci|mmio``
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from kvmkit.block.cachemode import MODES
 from kvmkit.errors import ConfigError
 
 _BOOL = {"on": True, "yes": True, "true": True, "1": True,
@@ -26,7 +28,7 @@ class DiskSpec:
     path: str
     format: str | None = None          # None: probe
     readonly: bool = False
-    cache: str = "writeback"           # "none" or "writeback"; flushes always reach the disk
+    cache: str = "writeback"           # a QEMU cache mode: kvmkit.block.cachemode.MODES
     discard: bool = False              # discard=unmap: guest discards punch holes
     serial: str | None = None
 
@@ -105,8 +107,8 @@ def parse_disk(text: str) -> DiskSpec:
     if fmt is not None and fmt not in ("raw", "qcow2"):
         raise ConfigError(f"--disk: format={fmt!r} must be raw or qcow2")
     cache = o.get("cache", "writeback")
-    if cache not in ("none", "writeback"):
-        raise ConfigError(f"--disk: cache={cache!r} must be none or writeback")
+    if cache not in MODES:
+        raise ConfigError(f"--disk: cache={cache!r} must be one of {', '.join(MODES)}")
     discard = o.get("discard", "ignore")
     if discard not in ("unmap", "ignore", "on", "off"):
         raise ConfigError(f"--disk: discard={discard!r} must be unmap or ignore")

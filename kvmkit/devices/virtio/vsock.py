@@ -30,6 +30,7 @@ from kvmkit.devices.virtio.queue import Chain, Virtqueue
 from kvmkit.devices.virtio.vsock_conn import (
     HDR, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
     OP_RW, OP_SHUTDOWN, TYPE_STREAM, Packet, VsockConn)
+from kvmkit.errors import HostResourceError, host_error
 from kvmkit.memory.guest_memory import GuestMemory
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,28 @@ log = logging.getLogger(__name__)
 RX, TX, EVENT = 0, 1, 2
 MAX_QUEUED = 256                 # packets waiting for rx buffers before host reads pause
 EVENT_TRANSPORT_RESET = 0
+
+
+def _listen(uds: str) -> socket.socket:
+    """The host side's listening socket; a stale socket file is replaced, but
+    anything else at ``uds`` is refused (deleting a user's file is not ours)."""
+    import stat
+    try:
+        if not stat.S_ISSOCK(os.lstat(uds).st_mode):
+            raise HostResourceError(f"--vsock uds={uds}: it exists and is not a socket")
+        os.unlink(uds)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise host_error(f"--vsock uds={uds}", exc) from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(uds)
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise host_error(f"--vsock uds={uds}: cannot listen", exc) from None
+    return sock
 
 
 class VirtioVsock(VirtioDevice):
@@ -52,12 +75,8 @@ class VirtioVsock(VirtioDevice):
         self._events: collections.deque[Chain] = collections.deque()
         self._next_port = 1 << 30
         self._pending_connects: dict[int, tuple[socket.socket, bytearray]] = {}
+        self.listener = _listen(uds)         # first: a bad path must leave nothing open
         super().__init__(memory, name)
-        if os.path.exists(uds):
-            os.unlink(uds)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-        self.listener.bind(uds)
-        self.listener.listen(64)
         self.io.add(self.listener.fileno(), self._on_accept)
 
     def config_bytes(self) -> bytes:
