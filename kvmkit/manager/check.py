@@ -1,0 +1,85 @@
+"""The state directory's consistency check (``kvmkit virsh check``).
+
+What "consistent" means: every definition parses and is stored under its
+own name; names and UUIDs are unique; no operation is half-done (no intent
+record without a running owner, no temporary file from a dead writer); each
+running VMM belongs to a domain that exists; the next domain id is above
+every id in use.  With ``repair`` the fixable ones are fixed first:
+interrupted operations are finished or undone, temporaries of dead writers
+removed, the run directories of dead transient domains forgotten.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from kvmkit.manager import files, journal
+from kvmkit.manager.domain_parse import parse_domain
+from kvmkit.manager.rundir import RunDir
+
+_TMP_PID = re.compile(re.escape(files.TMP_MARK) + r"(\d+)")
+
+
+def _writer_alive(name: str) -> bool:
+    m = _TMP_PID.search(name)
+    return bool(m) and os.path.exists(f"/proc/{m.group(1)}") and int(m.group(1)) != os.getpid()
+
+
+def _temporaries(folders: list[Path]) -> list[Path]:
+    out = []
+    for folder in folders:
+        if folder.is_dir():
+            out += [Path(e.path) for e in os.scandir(folder) if files.is_temporary(e.name) and not _writer_alive(e.name)]
+    return out
+
+
+def check(host, repair: bool = False) -> list[str]:
+    sd = host.sd
+    if repair:
+        journal.recover(sd)
+    problems: list[str] = []
+    folders = [sd.sub(s) for s in ("domains", "pools", "journal", "autostart")] + \
+        [Path(e.path) for sub in ("run", "snapshots") for e in os.scandir(sd.sub(sub)) if e.is_dir()]
+    uuids: dict[str, str] = {}
+    disks: set[Path] = set()
+    for name in host.store.names():
+        try:
+            d = parse_domain(sd.definition(name).read_text(), str(sd.definition(name)))
+        except Exception as e:
+            problems.append(f"domain definition {sd.definition(name)} does not parse: {e}")
+            continue
+        if d.name != name:
+            problems.append(f"{sd.definition(name)} defines '{d.name}', not '{name}'")
+        if d.uuid in uuids:
+            problems.append(f"domains '{uuids[d.uuid]}' and '{name}' share the uuid {d.uuid}")
+        uuids[d.uuid] = name
+        for x in d.disks:
+            disks.add(Path(x.source).parent)
+            if not os.path.exists(x.source):
+                problems.append(f"domain '{name}': disk {x.target} ({x.source}) does not exist")
+    for pool in host.storage.pools():
+        disks.add(pool.target)
+    for tmp in _temporaries(folders + sorted(disks)):
+        if repair:
+            files.remove(tmp)
+        else:
+            problems.append(f"leftover temporary file {tmp} (an interrupted write)")
+    for ident in journal.pending(sd):
+        problems.append(f"interrupted operation {ident}: {files.read_json(sd.journal(ident))}")
+    next_id = files.read_json(sd.next_id, 1)
+    for e in os.scandir(sd.sub("run")):
+        rd = RunDir(Path(e.path))
+        if not rd.alive():
+            if repair and rd.exists() and not host.store.exists(e.name):
+                rd.clear()                         # a transient domain that has ended
+            continue
+        status = rd.status()
+        if not status.get("persistent") and host.store.exists(e.name) is False and not rd.live_xml.exists():
+            problems.append(f"a VMM runs in {rd.path} for no known domain")
+        if status.get("persistent") and not host.store.exists(e.name):
+            problems.append(f"running domain '{e.name}' is marked persistent but has no definition")
+        if isinstance(status.get("id"), int) and status["id"] >= next_id:
+            problems.append(f"running domain '{e.name}' has id {status['id']}, not below next-id {next_id}")
+    return problems
