@@ -173,7 +173,7 @@ def _metadata(r: Reader) -> str | None:
 def _devices(r: Reader) -> dict:
     d = r.child("devices")
     if d is None:
-        return {}
+        return {"balloon": True}            # as with an empty <devices/>
     disks = tuple(sorted(filter(None, (_disk(x) for x in d.children("disk"))),
                          key=lambda k: (len(k.target), k.target)))
     targets = [k.target for k in disks]
