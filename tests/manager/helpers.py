@@ -10,7 +10,7 @@ DATA = Path(__file__).parent / "data"
 
 def tiny_xml(name: str, kernel: Path, *, uuid: str | None = None, disks: tuple[str, ...] = (),
              extra_devices: str = "", memory_mib: int = 64) -> str:
-    """A domain running one of tests/guests (counter keeps running; echo echoes COM1)."""
+    """A domain running one of tests/guests (idle halts forever, echo echoes COM1)."""
     disk_xml = "".join(
         f"<disk type='file' device='disk'><driver name='qemu' type='{'qcow2' if d.endswith('.qcow2') else 'raw'}'/>"
         f"<source file='{d}'/><target dev='vd{chr(97 + i)}' bus='virtio'/></disk>" for i, d in enumerate(disks))

@@ -16,10 +16,10 @@ pytestmark = pytest.mark.kvm
 
 
 @pytest.fixture
-def defined(tmp_path, counter, virsh):
-    """Domain 'c1' (the counter guest) defined through the CLI."""
+def defined(tmp_path, idle, virsh):
+    """Domain 'c1' (the idle guest) defined through the CLI."""
     path = tmp_path / "c1.xml"
-    path.write_text(tiny_xml("c1", counter, uuid="11111111-2222-4333-8444-555555555555"))
+    path.write_text(tiny_xml("c1", idle, uuid="11111111-2222-4333-8444-555555555555"))
     virsh("define", str(path), check=True)
     return path
 
@@ -78,15 +78,15 @@ def test_second_start_and_undefine_of_a_running_domain_are_refused(defined, virs
     assert virsh("-q", "list", "--all", "--name").stdout == ""
 
 
-def test_duplicate_names_and_uuids(tmp_path, defined, counter, virsh):
+def test_duplicate_names_and_uuids(tmp_path, defined, idle, virsh):
     same_name = tmp_path / "n.xml"
-    same_name.write_text(tiny_xml("c1", counter, uuid="99999999-2222-4333-8444-555555555555"))
+    same_name.write_text(tiny_xml("c1", idle, uuid="99999999-2222-4333-8444-555555555555"))
     res = virsh("define", str(same_name))
     assert res.returncode == 1
     assert res.stderr == (f"error: Failed to define domain from {same_name}\nerror: operation failed: domain 'c1' "
                           "already exists with uuid 11111111-2222-4333-8444-555555555555\n")
     same_uuid = tmp_path / "u.xml"
-    same_uuid.write_text(tiny_xml("c2", counter, uuid="11111111-2222-4333-8444-555555555555"))
+    same_uuid.write_text(tiny_xml("c2", idle, uuid="11111111-2222-4333-8444-555555555555"))
     res = virsh("define", str(same_uuid))
     assert res.returncode == 1 and "domain 'c1' is already defined with uuid 11111111-" in res.stderr
     assert virsh("-q", "list", "--all", "--name").stdout == "c1\n"
@@ -94,7 +94,7 @@ def test_duplicate_names_and_uuids(tmp_path, defined, counter, virsh):
     assert again.returncode == 0 and again.stdout == f"Domain 'c1' defined from {defined}\n\n"
 
 
-def test_invalid_xml_and_missing_images(tmp_path, counter, virsh):
+def test_invalid_xml_and_missing_images(tmp_path, idle, virsh):
     bad = tmp_path / "bad.xml"
     bad.write_text("<domain type='kvm'>\n  <name>x</name>\n  <memory>1</memory>\n  <os>\n</domain>\n")
     res = virsh("define", str(bad))
@@ -102,7 +102,7 @@ def test_invalid_xml_and_missing_images(tmp_path, counter, virsh):
     assert res.stderr == (f"error: Failed to define domain from {bad}\n"
                           f"error: XML error: {bad}:5: mismatched tag (line 5, column 3)\n")
     missing = tmp_path / "m.xml"
-    missing.write_text(tiny_xml("m", counter, disks=(str(tmp_path / "nope.qcow2"),)))
+    missing.write_text(tiny_xml("m", idle, disks=(str(tmp_path / "nope.qcow2"),)))
     res = virsh("define", str(missing))
     assert res.returncode == 1
     assert f"Cannot access storage file '{tmp_path / 'nope.qcow2'}': No such file or directory" in res.stderr
@@ -111,11 +111,11 @@ def test_invalid_xml_and_missing_images(tmp_path, counter, virsh):
     assert virsh("-q", "list", "--all", "--name").stdout == ""
 
 
-def test_a_disk_removed_after_define_fails_the_start(tmp_path, counter, virsh):
+def test_a_disk_removed_after_define_fails_the_start(tmp_path, idle, virsh):
     disk = tmp_path / "d.raw"
     disk.write_bytes(bytes(1 << 20))
     path = tmp_path / "d.xml"
-    path.write_text(tiny_xml("d", counter, disks=(str(disk),)))
+    path.write_text(tiny_xml("d", idle, disks=(str(disk),)))
     virsh("define", str(path), check=True)
     disk.unlink()
     res = virsh("start", "d")
@@ -131,9 +131,9 @@ def test_a_libvirt_written_file_is_refused_with_the_list(virsh):
     assert "devices/graphics" in res.stderr and "devices/disk@device=cdrom" in res.stderr
 
 
-def test_transient_domain_from_create(tmp_path, counter, virsh):
+def test_transient_domain_from_create(tmp_path, idle, virsh):
     path = tmp_path / "t.xml"
-    path.write_text(tiny_xml("t", counter))
+    path.write_text(tiny_xml("t", idle))
     assert virsh("create", str(path)).stdout == f"Domain 't' created from {path}\n\n"
     assert "Persistent:     no\n" in virsh("dominfo", "t").stdout
     assert virsh("autostart", "t").returncode == 1
