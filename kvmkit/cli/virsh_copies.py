@@ -68,10 +68,13 @@ def migrate(host, a) -> str:
 
 
 def check(host, a) -> str:
-    problems = host.check(repair=a.repair)
-    if problems:
-        raise OperationFailed("the state directory is not consistent:\n  " + "\n  ".join(problems))
-    return f"State directory {host.state_dir} is consistent\n"
+    report = host.check()
+    notes = "".join(f"recovered: {r}\n" for r in report.recovered)
+    if report.problems:
+        import sys
+        sys.stdout.write(notes)
+        raise OperationFailed("the state directory is not consistent:\n  " + "\n  ".join(report.problems))
+    return notes + f"State directory {host.state_dir} is consistent\n"
 
 
 def register(sub: Any) -> None:
@@ -106,5 +109,5 @@ def register(sub: Any) -> None:
                 "Failed to migrate domain '{domain}'")
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("desturi", metavar="DESTURI")
-    command(sub, "check", check, "kvmkit: check the state directory's consistency").add_argument(
-        "--repair", action="store_true", help="finish or undo interrupted operations and remove leftovers first")
+    command(sub, "check", check, "kvmkit: recover interrupted operations, then check the state directory's "
+            "consistency (exit status 1 if it is not)")

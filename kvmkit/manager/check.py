@@ -1,18 +1,20 @@
 """The state directory's consistency check (``kvmkit virsh check``).
 
-What "consistent" means: every definition parses and is stored under its
-own name; names and UUIDs are unique; no operation is half-done (no intent
-record without a running owner, no temporary file from a dead writer); each
-running VMM belongs to a domain that exists; the next domain id is above
-every id in use.  With ``repair`` the fixable ones are fixed first:
-interrupted operations are finished or undone, temporaries of dead writers
-removed, the run directories of dead transient domains forgotten.
+First it recovers, as a journalling file system replays its log at mount:
+operations whose manager died are finished or undone (see :mod:`journal`),
+temporaries of dead writers removed, run directories of ended transient
+domains forgotten.  That is the crash protocol working, not a problem; it
+is reported as what was recovered.  Then it verifies what must hold:
+every definition parses and is stored under its own name; names and UUIDs
+are unique; every disk exists; every live VMM belongs to a known domain;
+the next domain id is above every id in use.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from kvmkit.manager import files, journal
@@ -35,10 +37,15 @@ def _temporaries(folders: list[Path]) -> list[Path]:
     return out
 
 
-def check(host, repair: bool = False) -> list[str]:
+@dataclass(frozen=True)
+class Report:
+    problems: list[str]           # empty: consistent
+    recovered: list[str]          # what the recovery step did
+
+
+def check(host) -> Report:
     sd = host.sd
-    if repair:
-        journal.recover(sd)
+    recovered = journal.recover(sd)
     problems: list[str] = []
     folders = [sd.sub(s) for s in ("domains", "pools", "journal", "autostart")] + \
         [Path(e.path) for sub in ("run", "snapshots") for e in os.scandir(sd.sub(sub)) if e.is_dir()]
@@ -62,17 +69,17 @@ def check(host, repair: bool = False) -> list[str]:
     for pool in host.storage.pools():
         disks.add(pool.target)
     for tmp in _temporaries(folders + sorted(disks)):
-        if repair:
-            files.remove(tmp)
-        else:
-            problems.append(f"leftover temporary file {tmp} (an interrupted write)")
+        files.remove(tmp)
+        recovered.append(f"removed {tmp} (a write interrupted by its writer's death)")
     for ident in journal.pending(sd):
-        problems.append(f"interrupted operation {ident}: {files.read_json(sd.journal(ident))}")
+        if not journal.in_progress(sd, ident):
+            problems.append(f"interrupted operation {ident} could not be recovered: "
+                            f"{files.read_json(sd.journal(ident))}")
     next_id = files.read_json(sd.next_id, 1)
     for e in os.scandir(sd.sub("run")):
         rd = RunDir(Path(e.path))
         if not rd.alive():
-            if repair and rd.exists() and not host.store.exists(e.name):
+            if rd.exists() and not host.store.exists(e.name):
                 rd.clear()                         # a transient domain that has ended
             continue
         status = rd.status()
@@ -82,4 +89,4 @@ def check(host, repair: bool = False) -> list[str]:
             problems.append(f"running domain '{e.name}' is marked persistent but has no definition")
         if isinstance(status.get("id"), int) and status["id"] >= next_id:
             problems.append(f"running domain '{e.name}' has id {status['id']}, not below next-id {next_id}")
-    return problems
+    return Report(problems, recovered)

@@ -296,11 +296,11 @@ class Host:
         raise NotSupportedYet(STATE_SAVE_HOOK + " and live migration")
 
     # --- upkeep -------------------------------------------------------------------------
-    def check(self, repair: bool = False) -> list[str]:
-        """Problems in the state directory (empty: consistent); ``repair``
-        rolls unfinished operations back and removes temporaries first."""
+    def check(self):
+        """Recover what dead managers left half-done, then verify the state
+        directory (:class:`kvmkit.manager.check.Report`; no problems: consistent)."""
         from kvmkit.manager.check import check
-        return check(self, repair)
+        return check(self)
 
 
 __all__ = ["DomainDef", "DomainInfo", "Host"]

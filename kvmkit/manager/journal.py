@@ -78,6 +78,14 @@ def pending(sd: StateDir) -> list[str]:
                   if e.name.endswith(".json") and not files.is_temporary(e.name))
 
 
+def in_progress(sd: StateDir, ident: str) -> bool:
+    fd = try_lock(sd.journal(ident).with_suffix(".lock"), wait=0)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
 def recover(sd: StateDir) -> list[str]:
     """Finish or undo every interrupted operation; returns what was done."""
     done = []
