@@ -62,15 +62,15 @@ def _identity(host, src: DomainDef, name: str) -> DomainDef:
     cids = []
     for other in host.domains():
         taken_macs.update(other.definition.macs)
-        if other.definition.vsock is not None and other.definition.vsock.cid is not None:
-            cids.append(other.definition.vsock.cid)
+        if other.definition.vsock is not None and other.definition.vsock.fixed is not None:
+            cids.append(other.definition.vsock.fixed)
     nics = []
     for nic in src.interfaces:
         mac = new_mac(taken_macs)
         taken_macs.add(mac)
         nics.append(type(nic)(nic.type, mac, nic.source, None))     # a fixed tap name would clash
     vsock = src.vsock
-    if vsock is not None and vsock.cid is not None:
+    if vsock is not None and vsock.fixed is not None:
         vsock = Vsock(max(cids, default=2) + 1)
     serial = src.serial
     if serial is not None and serial.path:

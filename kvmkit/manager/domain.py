@@ -52,7 +52,12 @@ class CharDev:
 
 @dataclass(frozen=True)
 class Vsock:
-    cid: int | None = None        # None: <cid auto='yes'/>, one is picked at start
+    cid: int | None = None        # with auto: the one picked at start (live XML only)
+    auto: bool = False            # <cid auto='yes'/>: each start picks one
+
+    @property
+    def fixed(self) -> int | None:
+        return None if self.auto else self.cid
 
 
 @dataclass(frozen=True)

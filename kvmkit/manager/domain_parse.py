@@ -326,14 +326,15 @@ def _balloon(d: Reader) -> dict:
 def _vsock(x: Reader) -> Vsock:
     x.attr("model", ("virtio",))
     c = x.child("cid")
-    cid = None
-    if c is not None:
-        auto = c.attr("auto", ("yes", "no"), "yes")
-        addr = c.attr("address")
-        c.done()
-        if auto == "no" or addr is not None:
-            if addr is None or not addr.isdigit() or not 3 <= int(addr) < 0xFFFFFFFF:
-                raise c.error(f"vsock cid {addr!r} must be a number from 3 to 4294967294")
-            cid = int(addr)
+    if c is None:
+        x.done()
+        return Vsock(None, auto=True)
+    auto = c.attr("auto", ("yes", "no"), "yes") == "yes"
+    addr = c.attr("address")
+    c.done()
     x.done()
-    return Vsock(cid)
+    if addr is None and auto:
+        return Vsock(None, auto=True)
+    if addr is None or not addr.isdigit() or not 3 <= int(addr) < 0xFFFFFFFF:
+        raise c.error(f"vsock cid {addr!r} must be a number from 3 to 4294967294")
+    return Vsock(int(addr), auto)

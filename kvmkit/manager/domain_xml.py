@@ -80,7 +80,6 @@ def _serial(c: CharDev | None) -> list[Node]:
 def _vsock(d: DomainDef, live_cid: int | None) -> Node | None:
     if d.vsock is None:
         return None
-    cid = d.vsock.cid if d.vsock.cid is not None else live_cid
-    cid_node = element("cid", auto="no", address=str(cid)) if d.vsock.cid is not None else \
-        element("cid", auto="yes", address=str(cid) if cid is not None else None)
+    cid = live_cid if live_cid is not None else d.vsock.cid
+    cid_node = element("cid", auto="yes" if d.vsock.auto else "no", address=str(cid) if cid is not None else None)
     return element("vsock", model="virtio", children=[cid_node])

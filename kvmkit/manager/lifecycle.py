@@ -81,7 +81,7 @@ def start(sd: StateDir, d: DomainDef, persistent: bool) -> int:
 def _vsock_cid(d: DomainDef, ident: int) -> int | None:
     if d.vsock is None:
         return None
-    return d.vsock.cid if d.vsock.cid is not None else VSOCK_AUTO_BASE + ident
+    return d.vsock.fixed if d.vsock.fixed is not None else VSOCK_AUTO_BASE + ident
 
 
 def _tap_name(d: DomainDef, ident: int, index: int) -> str | None:
