@@ -5,7 +5,8 @@
         vm.console.expect("Run /init")
 
 :class:`VM` is :class:`kvmkit.vmm.machine.Machine` built from keyword
-arguments (see :class:`kvmkit.vmm.config.VmConfig`).
+arguments (see :class:`kvmkit.vmm.config.VmConfig`).  ``kvmkit.Host(state_dir)``
+is the manager (libvirt's role): defined domains, each run by its own VMM.
 """
 
 from __future__ import annotations
@@ -30,4 +31,12 @@ def VM(kernel=None, **kwargs):
     return Machine(VmConfig.build(kernel, **kwargs))
 
 
-__all__ = ["VM", "__version__"]
+def __getattr__(name: str):
+    # kvmkit.Host without importing the manager for every `import kvmkit`
+    if name == "Host":
+        from kvmkit.manager import Host
+        return Host
+    raise AttributeError(f"module 'kvmkit' has no attribute {name!r}")
+
+
+__all__ = ["Host", "VM", "__version__"]

@@ -46,6 +46,11 @@ def add_parser(subparsers: Any) -> None:
                    help="workarounds for hosts whose KVM emulates guest kernel code "
                         "(auto: probe the host; default auto)")
     p.add_argument("--name", help="VM name (QMP query-name)")
+    p.add_argument("--uuid", help="VM UUID (QMP query-uuid; default: a random one)")
+    p.add_argument("--exit-file", metavar="FILE",
+                   help="when the VM ends, write {\"reason\", \"status\", \"error\"} as JSON to FILE "
+                        "(atomically): how a manager that did not start this process learns why it ended; "
+                        "a VMM that dies without writing it was killed")
     p.add_argument("--qmp", metavar="ADDR", action="append", default=[],
                    help="QMP server: unix:PATH[,server,wait=off] or tcp:127.0.0.1:PORT (repeatable)")
     p.add_argument("--paused", "-S", action="store_true", help="start with vCPUs paused (QMP cont runs them)")
@@ -160,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cmdline = "console=ttyS0"
     config = VmConfig.build(kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=args.cpus,
                             serial=serial, host_compat=args.host_compat, name=args.name,
+                            **({"uuid": _uuid(args.uuid)} if args.uuid else {}),
                             start_paused=args.paused, reboot_action=args.reboot, acpi=args.acpi,
                             virtio=_virtio_specs(args))
     return _run(args, Machine(config), qmp_addrs)
@@ -194,7 +200,33 @@ def _run(args: argparse.Namespace, machine, qmp_addrs) -> int:
                 print(f"kvmkit: guest profile written to {args.profile}", file=sys.stderr)
             except OSError as exc:
                 print(f"kvmkit: error: --profile {args.profile}: {exc.strerror or exc}", file=sys.stderr)
-    return _report(machine)
+    status = _report(machine)
+    if args.exit_file:
+        _write_exit_file(args.exit_file, machine, status)
+    return status
+
+
+def _uuid(text: str) -> str:
+    import uuid
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise ConfigError(f"--uuid {text!r} is not a UUID") from None
+
+
+def _write_exit_file(path: str, machine, status: int) -> None:
+    """The end of this VM as data (write, fsync, rename: never half a record)."""
+    import json
+    import os
+    reason = machine.exit_reason.value if machine.exit_reason is not None else None
+    record = {"reason": reason, "status": status,
+              "error": str(machine.error) if machine.error else None}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
 
 
 def _check_writable(option: str, path: str) -> None:

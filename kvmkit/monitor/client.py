@@ -77,6 +77,10 @@ class QmpClient:
         except OSError as error:
             raise QmpConnectionError(f"QMP connection to {self.address} lost: {error}") from None
 
+    def read_message(self) -> dict[str, Any]:
+        """The next message from the server (a reply or an event), as sent."""
+        return self._read()
+
     def _read(self) -> dict[str, Any]:
         try:
             line = self._file.readline()

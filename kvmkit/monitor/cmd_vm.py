@@ -12,7 +12,7 @@ from typing import Any
 
 from kvmkit.monitor.commands import Command, CommandContext
 from kvmkit.monitor.protocol import DEVICE_NOT_ACTIVE, QmpError
-from kvmkit.monitor.schema import INT, Arg
+from kvmkit.monitor.schema import ANY, INT, Arg, ListOf
 from kvmkit.vmm.api import RunState
 
 #: States from which only system_reset brings the VM back (QEMU's
@@ -94,6 +94,28 @@ def system_powerdown(ctx: CommandContext) -> None:
     ctx.control.powerdown()
 
 
+def send_key(ctx: CommandContext, keys: list[dict[str, Any]], hold_time: int | None = None) -> None:
+    """QEMU's send-key: press the keys together, then release them.  Keys are
+    ``{"type": "qcode", "data": "ctrl"}`` or ``{"type": "number", "data": 29}``
+    (a set-1 scancode, 0x100 | code for 0xE0-prefixed ones)."""
+    from kvmkit.devices.keycodes import QCODES, chord
+    if not keys:
+        raise QmpError("Parameter 'keys' expects a non-empty list")
+    codes = []
+    for i, key in enumerate(keys):
+        kind, data = key.get("type"), key.get("data")
+        if kind == "qcode" and isinstance(data, str) and data in QCODES:
+            codes.append(QCODES[data])
+        elif kind == "qcode":
+            raise QmpError(f"Parameter 'keys[{i}].data' does not accept value '{data}'")
+        elif kind == "number" and isinstance(data, int) and not isinstance(data, bool) \
+                and 0 < data < 0x200 and data & 0x7F:
+            codes.append(data)
+        else:
+            raise QmpError(f"Invalid parameter type for 'keys[{i}]', expected: KeyValue")
+    ctx.control.send_keys(chord(codes))
+
+
 def quit_(ctx: CommandContext) -> None:
     ctx.control.quit()
 
@@ -112,5 +134,6 @@ COMMANDS = (
     Command("cont", cont),
     Command("system_reset", system_reset),
     Command("system_powerdown", system_powerdown),
+    Command("send-key", send_key, args=(Arg("keys", ListOf(ANY)), Arg("hold-time", INT, optional=True))),
     Command("quit", quit_),
 )

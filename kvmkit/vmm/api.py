@@ -61,6 +61,9 @@ class VmControl(Protocol):
     def powerdown(self) -> None:
         """Ask the guest to shut down (ACPI button or Ctrl-Alt-Del); emits POWERDOWN."""
 
+    def send_keys(self, scancodes: bytes) -> None:
+        """Queue PC set-1 scancodes on the keyboard controller (QMP send-key)."""
+
     def quit(self) -> None:
         """Stop the VM for good (QMP quit); emits SHUTDOWN with reason host-qmp-quit."""
 

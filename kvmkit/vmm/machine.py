@@ -536,6 +536,9 @@ class Machine:
         else:
             self.i8042.send_keys(CTRL_ALT_DEL)
 
+    def send_keys(self, scancodes: bytes) -> None:
+        self.i8042.send_keys(scancodes)
+
     def quit(self) -> None:
         self._finish(ExitReason.HOST_QUIT, {"guest": False, "reason": "host-qmp-quit"})
 

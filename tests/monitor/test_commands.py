@@ -97,3 +97,27 @@ def test_new_commands_are_listed_and_gated_by_negotiation(table):
     assert run(table, {"execute": "migrate", "arguments": {"uri": "u"}}, negotiated=False) == {
         "error": {"class": "CommandNotFound",
                   "desc": "Expecting capabilities negotiation with 'qmp_capabilities'"}}
+
+
+class _Keyboard:
+    """Just enough VmControl for send-key: what reached the keyboard controller."""
+
+    def __init__(self) -> None:
+        self.sent = b""
+
+    def send_keys(self, scancodes: bytes) -> None:
+        self.sent += scancodes
+
+
+def test_send_key_presses_a_chord_and_releases_it_in_reverse(table):
+    from kvmkit.devices.i8042 import CTRL_ALT_DEL
+    kbd = _Keyboard()
+    session = SessionState(1, negotiated=True)
+    keys = [{"type": "qcode", "data": k} for k in ("ctrl", "alt", "delete")]
+    call = resolve(table, session, {"execute": "send-key", "arguments": {"keys": keys}})
+    assert execute(call, CommandContext(kbd, table, session, VersionInfo())) == {"return": {}}
+    assert kbd.sent == CTRL_ALT_DEL
+    bad = resolve(table, session, {"execute": "send-key",
+                                   "arguments": {"keys": [{"type": "qcode", "data": "nokey"}]}})
+    assert execute(bad, CommandContext(kbd, table, session, VersionInfo())) == \
+        error("Parameter 'keys[0].data' does not accept value 'nokey'")
