@@ -34,10 +34,12 @@ def attach(host, name: str, force: bool = False) -> None:
                 sock.connect(path)
             except OSError as e:
                 raise OperationFailed(f"cannot connect to the console of '{name}': {e.strerror}") from None
-        os.write(stdout, f"Connected to domain '{name}'\nEscape character is ^] (Ctrl + ])\n".encode())
         saved = termios.tcgetattr(stdin)
         try:
+            # Raw before the banner: whoever waits for it may type at once,
+            # and a line-buffered terminal would hold (and echo) those keys.
             tty.setraw(stdin)
+            os.write(stdout, f"Connected to domain '{name}'\r\nEscape character is ^] (Ctrl + ])\r\n".encode())
             _relay(sock, stdin, stdout)
         finally:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)

@@ -84,7 +84,7 @@ class PtyConsole:
         m = self.expect(rb"__k%ds\r?\n(.*?)__k%de (\d+)\r?\n" % (n, n), timeout)
         return int(m.group(2)), m.group(1).decode("utf-8", "replace").replace("\r\n", "\n")
 
-    def detach(self, timeout: float = 10.0) -> int:
+    def detach(self, timeout: float = 30.0) -> int:
         """Ctrl-] as virsh knows it; the console command's exit status."""
         self.send(b"\x1d")
         status = self.proc.wait(timeout)
