@@ -2,7 +2,8 @@
 # Install everything kvmkit needs on a Debian/Ubuntu machine: system packages
 # (compiler and kernel build tools for the guest kernel, busybox, qemu-img and
 # QEMU as reference peers, iproute2 for test networks, virt-xml-validate from
-# libvirt-clients for checking the manager's domain XML), then kvmkit itself
+# libvirt-clients for checking the manager's domain XML, dnsmasq and
+# nftables for guest networks, libseccomp for the VMM's syscall filter), then kvmkit itself
 # with its test dependencies.  Safe to run again.
 set -eu
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ $SUDO apt-get install -y -q --no-install-recommends \
     gcc make perl bison flex bc lz4 libelf-dev libssl-dev cpio xz-utils zstd kmod dpkg-dev binutils \
     busybox-static linux-source-6.1 \
     qemu-utils qemu-system-x86 iproute2 iputils-ping e2fsprogs acpica-tools \
-    libvirt-clients libxml2-utils
+    libvirt-clients libxml2-utils dnsmasq-base nftables libseccomp2
 # Use this Python if it lets us install into it; otherwise a venv in .venv
 # (Debian's system Python refuses pip installs: PEP 668).
 if python3 -m pip install -q -e '.[test]' 2>/dev/null; then
