@@ -55,14 +55,7 @@ after_int3:
     jnz fail4
 done:
     EXIT 0x2A
-fail1: EXIT 1
-fail2: EXIT 2
-fail3: EXIT 3
-fail4: EXIT 4
-fail5: EXIT 5
-fail6: EXIT 6
-fail7: EXIT 7
-fail8: EXIT 8
+    FAIL_EXITS 1, 2, 3, 4, 5, 6, 7, 8
 
 bp_handler:
     inc r12d

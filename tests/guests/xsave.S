@@ -115,19 +115,7 @@ after_pf:
     cmp rax, rbx
     jne fail13
     EXIT 0x2A
-fail1: EXIT 1
-fail2: EXIT 2
-fail3: EXIT 3
-fail4: EXIT 4
-fail5: EXIT 5
-fail6: EXIT 6
-fail7: EXIT 7
-fail8: EXIT 8
-fail9: EXIT 9
-fail10: EXIT 10
-fail11: EXIT 11
-fail12: EXIT 12
-fail13: EXIT 13
+    FAIL_EXITS 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13
 
 /* #GP and #PF push an error code: note the vector, resume at r14. */
 gp_handler:
