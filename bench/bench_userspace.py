@@ -9,25 +9,94 @@ snapshot/restore, and in-guest virtio-blk reads against the host's own.
 - restore: ``Machine.restore`` of a snapshot taken at the prompt, to the
   next prompt (the reason snapshots exist: no boot);
 - dd: ``dd if=/dev/vda of=/dev/null bs=1M`` in the guest against ``dd`` of
-  the same image file on the host (the physical limit).
+  the same image file on the host (the physical limit);
+- tcp: busybox ``nc`` in the guest sending to a listener in a network
+  namespace over the guest's tap, against the same transfer over the host's
+  loopback (the limit a tap cannot beat).
 
-    python bench/bench_userspace.py [--syscalls 20000] [--mib 64]
+    python bench/bench_userspace.py [--syscalls 20000] [--mib 64] [--tcp-mib 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PROMPT = rb"root@kvmkit:~# "
+CLONE_NEWNET = 0x40000000
+HOST_IP, GUEST_IP = "10.77.9.1", "10.77.9.2"
+
+
+@contextlib.contextmanager
+def netns_entered(name: str):
+    """This thread inside namespace ``name`` (setns is per thread), so a tap
+    the VMM opens now is created there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    there = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(there, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        yield
+    finally:
+        libc.setns(home, CLONE_NEWNET)
+        os.close(home)
+        os.close(there)
+
+
+def receive_rate(bind: tuple[str, int], ready: threading.Event, out: dict, netns: str | None = None) -> None:
+    """Accept one connection and time it from accept to EOF (bytes/s in ``out``)."""
+    with netns_entered(netns) if netns else contextlib.nullcontext():
+        srv = socket.create_server(bind)
+    srv.settimeout(600)
+    ready.set()
+    c, _ = srv.accept()
+    t0, n = time.monotonic(), 0
+    while chunk := c.recv(1 << 16):
+        n += len(chunk)
+    out["rate"], out["bytes"] = n / (time.monotonic() - t0), n
+    c.close()
+    srv.close()
+
+
+def loopback_rate(nbytes: int) -> float:
+    """The same transfer over the host's loopback: the limit for the tap."""
+    out: dict = {}
+    ready = threading.Event()
+    srv = threading.Thread(target=receive_rate, args=(("127.0.0.1", 5101), ready, out))
+    srv.start()
+    ready.wait(30)
+    block = bytes(1 << 16)
+    with socket.create_connection(("127.0.0.1", 5101)) as s:
+        for _ in range(nbytes >> 16):
+            s.sendall(block)
+    srv.join(60)
+    return out["rate"]
+
+
+def tcp_rate(m, netns: str, mib: int) -> float:
+    out: dict = {}
+    ready = threading.Event()
+    srv = threading.Thread(target=receive_rate, args=((HOST_IP, 5100), ready, out, netns))
+    srv.start()
+    ready.wait(30)
+    shell(m, f"dd if=/dev/zero bs=64k count={mib * 16} 2>/dev/null | nc {HOST_IP} 5100", timeout=1800)
+    srv.join(60)
+    if out.get("bytes") != mib << 20:
+        raise SystemExit(f"tcp: {out.get('bytes')} of {mib << 20} bytes arrived")
+    return out["rate"]
 
 
 def boot(cpus: int, log: Path, virtio=None):
@@ -62,17 +131,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--syscalls", type=int, default=20000)
     ap.add_argument("--mib", type=int, default=64)
+    ap.add_argument("--tcp-mib", type=int, default=8)
     a = ap.parse_args()
-    from kvmkit.devices.virtio.config import DiskSpec, VirtioSpecs
+    from kvmkit.devices.virtio.config import DiskSpec, NetSpec, VirtioSpecs
     from kvmkit.vmm.machine import Machine
+    netns = f"kvmkit-bench{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        run(a, netns, DiskSpec, NetSpec, VirtioSpecs, Machine)
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+def run(a, netns, DiskSpec, NetSpec, VirtioSpecs, Machine) -> None:
+    def ns(*cmd: str) -> None:
+        subprocess.run(["ip", "netns", "exec", netns, *cmd], check=True)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         disk = tmp / "disk.raw"
         with open(disk, "wb") as f:
             f.write(os.urandom(a.mib << 20))
         for cpus in (1, 2):
-            m, t = boot(cpus, tmp / f"c{cpus}.log",
-                        VirtioSpecs(disks=(DiskSpec(str(disk), "raw"),)) if cpus == 1 else None)
+            with netns_entered(netns):
+                m, t = boot(cpus, tmp / f"c{cpus}.log",
+                            VirtioSpecs(disks=(DiskSpec(str(disk), "raw"),), nets=(NetSpec("kvb0"),))
+                            if cpus == 1 else None)
             print(f"prompt, {cpus} vCPU: {t:.1f} s (target <= 30 s)", flush=True)
             if cpus == 1:
                 s0 = m.query_stats()
@@ -95,13 +178,21 @@ def main() -> None:
                 guest = (a.mib << 20) / (time.monotonic() - t0)
                 print(f"dd {a.mib} MiB: guest {guest / 1e6:.1f} MB/s, host {host / 1e6:.1f} MB/s: "
                       f"ratio {guest / host:.3f}", flush=True)
+                ns("ip", "addr", "add", f"{HOST_IP}/24", "dev", "kvb0")
+                ns("ip", "link", "set", "kvb0", "up")
+                shell(m, f"ip addr add {GUEST_IP}/24 dev eth0 && ip link set eth0 up")
+                guest_tcp = tcp_rate(m, netns, a.tcp_mib)
+                host_tcp = loopback_rate(a.tcp_mib << 20)
+                print(f"tcp {a.tcp_mib} MiB guest -> namespace over tap: {guest_tcp / 1e6:.2f} MB/s, host loopback "
+                      f"{host_tcp / 1e6:.0f} MB/s: ratio {guest_tcp / host_tcp:.4f}", flush=True)
                 t0 = time.monotonic()
                 info = m.save_snapshot(tmp / "snap")
                 print(f"snapshot at the prompt: {info.seconds * 1000:.0f} ms "
                       f"({info.written_bytes >> 20} of {info.memory_bytes >> 20} MiB written)", flush=True)
             m.close()
         t0 = time.monotonic()
-        r = Machine.restore(tmp / "snap")
+        with netns_entered(netns):          # its tap is made again, in the namespace
+            r = Machine.restore(tmp / "snap")
         r.start()
         shell(r, "true")
         print(f"restore to a working shell: {(time.monotonic() - t0) * 1000:.0f} ms "

@@ -293,6 +293,7 @@ def test_reboot_gives_the_reboot_status(fast_boot):
 # --- Debian's stock kernel (opt-in: -m stock) ------------------------------
 
 @pytest.mark.stock
+@pytest.mark.timeout(4 * 3600)     # the generic kernel's boot is emulated instruction by instruction here
 def test_stock_kernel_reaches_its_shell_with_virtio_modules(tmp_path):
     from kvmkit.devices.virtio.config import DiskSpec, NetSpec, VirtioSpecs
     from kvmkit.vmm.config import VmConfig
