@@ -72,19 +72,20 @@ class Files:
     def leases(self) -> Path:
         return self.dir / "dnsmasq.leases"
 
-    @property
-    def hostsfile(self) -> Path:
-        return self.dir / "dnsmasq.hosts"
-
 
 def conf_text(cfg: DnsmasqConfig, f: Files) -> str:
     net = cfg.address.network
     lines = ["# written by kvmkit: changes are overwritten at the next net-start",
              "strict-order", f"pid-file={f.pid}", "except-interface=lo", "bind-dynamic",
-             f"interface={cfg.bridge}", f"listen-address={cfg.address.ip}", "no-hosts",
-             f"addn-hosts={f.hostsfile}"]
+             f"interface={cfg.bridge}", f"listen-address={cfg.address.ip}", "no-hosts"]
     if cfg.domain:
         lines += [f"domain={cfg.domain}", "expand-hosts", f"local=/{cfg.domain}/"]
+    # static hosts' names resolve before they have a lease; in the configuration,
+    # which dnsmasq reads before it drops root (a hosts file is read after)
+    for h in cfg.hosts:
+        if h.name:
+            names = [h.name] + ([f"{h.name}.{cfg.domain}"] if cfg.domain else [])
+            lines.append(f"host-record={','.join(names)},{h.ip}")
     if cfg.ranges or cfg.hosts:
         for start, end in cfg.ranges:
             lines.append(f"dhcp-range={start},{end},{net.netmask}")
@@ -116,7 +117,6 @@ def start(cfg: DnsmasqConfig, f: Files) -> int:
     for stale in (f.pid,):
         stale.unlink(missing_ok=True)
     f.leases.touch(mode=0o644)
-    f.hostsfile.write_text("".join(f"{h.ip} {h.name}\n" for h in cfg.hosts if h.name))
     f.conf.write_text(conf_text(cfg, f))
     try:
         res = subprocess.run([exe, f"--conf-file={f.conf}"], capture_output=True, text=True,

@@ -127,14 +127,16 @@ def _addr(x: Reader, attr: str) -> ipaddress.IPv4Address:
 
 
 def _ips(r: Reader):
-    ips = r.children("ip")
+    ips = []
+    for y in r.children("ip"):
+        y.attr("family", ("ipv4",))
+        if y.node.attrs.get("family", "ipv4") == "ipv4":
+            ips.append(y)
     if not ips:
         return None, (), ()
     for extra in ips[1:]:
-        extra.report("ip (a second one: kvmkit networks have one IPv4 subnet)")
+        extra.report("ip (a second IPv4 one: kvmkit networks have one subnet)")
     x = ips[0]
-    if x.attr("family", ("ipv4",), "ipv4") is None:
-        return None, (), ()
     ip = _addr(x, "address")
     netmask, prefix = x.attr("netmask"), x.attr("prefix")
     if netmask is not None and prefix is not None:

@@ -8,7 +8,7 @@ bridge, firewall table and dnsmasq that make one active.
     STATE/networks/locks/NAME.lock   per-network lock (start, destroy, undefine)
     STATE/networks/run/NAME/         an active network: active.json (written last
                                      at start, first thing removed at destroy),
-                                     dnsmasq.conf/.pid/.leases/.hosts
+                                     dnsmasq.conf/.pid/.leases
 
 Starting is all-or-nothing: each step (bridge, nftables table, dnsmasq)
 registers its undo, and a failure anywhere runs them in reverse before the
