@@ -4,6 +4,7 @@ DHCP and DNS — over :mod:`kvmkit.manager.networks`."""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from typing import Any
 
@@ -62,7 +63,7 @@ def net_dhcp_leases(host, a) -> str:
     info = _net(host, a.network)
     prefix = info.definition.address.network.prefixlen if info.definition.address else 32
     rows = []
-    for lease in sorted(host.networks.leases(info.name), key=lambda x: x.ip):
+    for lease in sorted(host.networks.leases(info.name), key=lambda x: ipaddress.IPv4Address(x.ip)):
         if a.mac and lease.mac != a.mac.lower():
             continue
         expiry = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expiry)) if lease.expiry else "never"

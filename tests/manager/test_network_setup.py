@@ -20,6 +20,9 @@ from .netlab import UPLINK_IP, WORLD_IP, NetLab, dnsmasq_processes
 
 from .helpers import REPO
 
+pytestmark = [pytest.mark.kvm,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces")]
+
 FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
 NAT = """<network><name>{name}</name><forward mode='{mode}'/><bridge name='{bridge}'/><domain name='lab.test'/>
 <ip address='{gw}' netmask='255.255.255.0'><dhcp><range start='{net}.100' end='{net}.150'/>
