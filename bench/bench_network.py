@@ -17,7 +17,6 @@ exit), so the default size is modest.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "manager"))
 
 from helpers_net import network_domain_xml  # noqa: E402
-from netlab import NetLab  # noqa: E402
+from netlab import NetLab, setns_path  # noqa: E402
 from sockconsole import PROMPT, SocketConsole  # noqa: E402
 
 NET = """<network><name>bench</name><forward mode='nat'/><bridge name='kbench0'/>
@@ -71,7 +70,7 @@ def host_loopback(lab: NetLab, busybox: Path, count: int, port: int) -> float:
     # the listener's stdin stays open (a pipe): busybox nc ends at EOF on stdin
     recv = subprocess.Popen(["sh", "-c", f"{bb}nc -l -p {port} | {bb}wc -c"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: __import__("netlab").setns_path(lab.path()))
+                            preexec_fn=lambda: setns_path(lab.path()))
     time.sleep(0.3)
     t0 = time.perf_counter()
     res = lab.run(["sh", "-c", transfer_cmd(count, "127.0.0.1", port, bb)])

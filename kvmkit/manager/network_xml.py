@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import uuid as _uuid
 from collections.abc import Iterable
 
 from kvmkit.host.dnsmasq import StaticHost
-from kvmkit.manager.domain import new_uuid
+from kvmkit.manager.domain_parse import _uuid_of   # the same rules as a domain's <uuid>
 from kvmkit.manager.errors import Unsupported
 from kvmkit.manager.network import DhcpRange, NetworkDef
 from kvmkit.manager.reader import Reader
@@ -55,16 +54,6 @@ def parse_network(text: str | bytes, source: str = "(network_definition)",
     if unsupported:
         raise Unsupported(unsupported)
     return NetworkDef(name, uuid, bridge, forward, address, ranges, hosts, domain, mac, stp, delay)
-
-
-def _uuid_of(r: Reader) -> str:
-    text = r.child_text("uuid")
-    if text is None:
-        return new_uuid()
-    try:
-        return str(_uuid.UUID(text))
-    except ValueError:
-        raise r.child("uuid").error(f"{text!r} is not a UUID") from None
 
 
 def _forward(r: Reader) -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from kvmkit.manager import Host
-from kvmkit.manager.errors import NoNetwork, OperationFailed, OperationInvalid, XmlError
-from .netlab import UPLINK_IP, WORLD_IP, NetLab, dnsmasq_processes
+from kvmkit.manager.errors import NoNetwork, OperationFailed, OperationInvalid
+from .netlab import NetLab, dnsmasq_processes
 
 from .helpers import REPO
 
