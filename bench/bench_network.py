@@ -145,7 +145,7 @@ def main() -> None:
     mb = count * 65536 / 1e6
     guest_rate, host_rate = mb / min(guest_times), mb / host_best
     print(f"guest-to-guest TCP over the bridge ({args.mib} MiB, busybox dd | nc, best of {args.runs}): "
-          f"{guest_rate:.1f} MB/s (runs: {', '.join(f'{t:.2f}s' for t in guest_times)})")
+          f"{guest_rate:.3f} MB/s (runs: {', '.join(f'{t:.2f}s' for t in guest_times)})")
     print(f"host loopback, same busybox dd | nc: {host_rate:.0f} MB/s")
     print(f"ratio guest/loopback: {guest_rate / host_rate:.4f}")
 
