@@ -80,7 +80,9 @@ def _add_virtio_options(p: argparse.ArgumentParser) -> None:
                         "(default), none (O_DIRECT), writethrough (data on disk before a write completes), "
                         "directsync (both), unsafe (flushes ignored)")
     g.add_argument("--net", action="append", default=[], metavar="SPEC", nargs="?", const="",
-                   help="[tap=NAME][,mac=52:54:00:..]: a virtio-net NIC on a tap (created if no name; repeatable)")
+                   help="[tap=NAME][,mac=52:54:00:..][,bridge=BR]: a virtio-net NIC on a tap (created if no "
+                        "name; repeatable); bridge=BR makes the tap a port of host bridge BR (e.g. a "
+                        "`kvmkit virsh net-start` network's) and brings it up")
     g.add_argument("--console", metavar="virtio[,out=FILE]", dest="virtio_console",
                    help="a virtio console (hvc0)")
     g.add_argument("--rng", action="store_true", help="a virtio-rng device fed from the host's getrandom()")

@@ -16,7 +16,8 @@ from typing import Any, NoReturn
 
 from kvmkit.errors import KvmkitError
 
-MODULES = ("kvmkit.cli.virsh_domain", "kvmkit.cli.virsh_copies", "kvmkit.cli.virsh_storage")
+MODULES = ("kvmkit.cli.virsh_domain", "kvmkit.cli.virsh_copies", "kvmkit.cli.virsh_storage",
+           "kvmkit.cli.virsh_network")
 
 
 class LookupFailed(KvmkitError):
@@ -34,9 +35,9 @@ class VirshArgumentParser(argparse.ArgumentParser):
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "virsh", help="manage domains, storage pools, clones and snapshots (libvirt's virsh, for kvmkit)",
+        "virsh", help="manage domains, networks, storage pools, clones and snapshots (libvirt's virsh, for kvmkit)",
         description="libvirt's virsh commands over kvmkit: domains defined in libvirt's XML, each running "
-                    "in its own detached VMM, with storage pools, clones and snapshots. State lives in "
+                    "in its own detached VMM, with virtual networks (bridge, NAT, dnsmasq), storage pools, clones and snapshots. State lives in "
                     "/var/lib/kvmkit for root, $XDG_DATA_HOME/kvmkit otherwise (--connect DIR, "
                     "KVMKIT_STATE_DIR).",
         epilog="Exit status: 0 on success, 1 on any failure (as virsh). Run 'kvmkit virsh COMMAND --help'.")

@@ -47,7 +47,8 @@ def autostart(host, a) -> str:
 
 
 def host_autostart(host, a) -> str:
-    return "".join(f"Domain '{n}' started\n" for n in host.autostart_all())
+    nets = "".join(f"Network {n} started\n" for n in host.networks.autostart_all())   # domains need them
+    return nets + "".join(f"Domain '{n}' started\n" for n in host.autostart_all())
 
 
 # --- life cycle -----------------------------------------------------------------------------
@@ -222,7 +223,8 @@ def register(sub: Any) -> None:
                         "Failed to mark domain '{domain}' as autostarted")).add_argument(
         "--disable", action="store_true")
     command(sub, "host-autostart", host_autostart,
-            "kvmkit: start every autostart domain that is shut off (what libvirtd does at boot)")
+            "kvmkit: start every autostart network, then every autostart domain that is shut off "
+            "(what libvirtd does at boot)")
     for name, fn, what in (("domid", domid, "convert a domain name or UUID to domain id"),
                            ("domuuid", domuuid, "convert a domain name or id to domain UUID"),
                            ("domname", domname, "convert a domain id or UUID to domain name")):

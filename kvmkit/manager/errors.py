@@ -77,3 +77,7 @@ class NotSupportedYet(ManagerError):
 
 class StorageError(ManagerError):
     """A file or directory the manager needs could not be used (the OS's reason)."""
+
+
+class NoNetwork(ManagerError):
+    prefix = "Network not found: "

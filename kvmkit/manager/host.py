@@ -243,6 +243,32 @@ class Host:
                                    "(its serial port is a file, or it has none)")
         return sock, rd.console_lock
 
+    # --- networks (kvmkit.manager.networks) ------------------------------------------------
+    @property
+    def networks(self):
+        """Virtual networks: ``host.networks.define(xml)``, ``.start(name)``, ``.leases(name)``..."""
+        from kvmkit.manager.networks import Networks
+        return Networks(self.sd)
+
+    def domifaddr(self, name: str) -> list[tuple[str, str, str]]:
+        """(interface, MAC, address/prefix) of a running domain's NICs on
+        kvmkit networks, from their networks' DHCP leases (libvirt's
+        ``domifaddr --source lease``)."""
+        info, _ = self._running(name)
+        nets = self.networks
+        out = []
+        for nic in info.definition.interfaces:
+            if nic.type != "network" or not nic.source:
+                continue
+            try:
+                n = nets.load(nic.source)
+                leases = nets.leases(nic.source)
+            except Exception:                     # undefined since: no addresses to show
+                continue
+            prefix = n.address.network.prefixlen if n.address else 32
+            out += [(nic.target or "-", nic.mac, f"{lease.ip}/{prefix}") for lease in leases if lease.mac == nic.mac]
+        return out
+
     # --- storage, clones, snapshots (their own modules) ---------------------------------
     @property
     def storage(self):

@@ -38,6 +38,7 @@ class LiveValues:
     domain_id: int
     vsock_cid: int | None
     taps: tuple[str | None, ...]
+    bridges: tuple[str | None, ...] = ()   # the bridge each tap joins (bridge and network interfaces)
 
 
 def vmm_argv(d: DomainDef, rd: RunDir, live: LiveValues) -> list[str]:
@@ -61,8 +62,10 @@ def vmm_argv(d: DomainDef, rd: RunDir, live: LiveValues) -> list[str]:
         spec += ",discard=unmap" if disk.discard == "unmap" else ""
         spec += f",serial={disk.serial}" if disk.serial else ""
         argv += ["--disk", spec]
-    for nic, tap in zip(d.interfaces, live.taps):
-        argv += ["--net", f"tap={tap},mac={nic.mac}" if tap else f"mac={nic.mac}"]
+    for i, (nic, tap) in enumerate(zip(d.interfaces, live.taps)):
+        spec = f"tap={tap},mac={nic.mac}" if tap else f"mac={nic.mac}"
+        bridge = live.bridges[i] if i < len(live.bridges) else None
+        argv += ["--net", spec + (f",bridge={bridge}" if bridge else "")]
     if d.rng:
         argv.append("--rng")
     if d.balloon:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 from kvmkit.manager import files
@@ -53,12 +52,14 @@ def next_domain_id(sd: StateDir) -> int:
 def start(sd: StateDir, d: DomainDef, persistent: bool) -> int:
     """Start ``d``'s VMM (caller holds the domain lock); returns the domain id."""
     check_host_files(d)
+    bridges = _bridges(sd, d)
     rd = RunDir(sd.run_dir(d.name))
     lock_fd = claim(rd)
     try:
         rd.clear()
         ident = next_domain_id(sd)
-        live = LiveValues(ident, _vsock_cid(d, ident), tuple(_tap_name(d, ident, i) for i in range(len(d.interfaces))))
+        live = LiveValues(ident, _vsock_cid(d, ident), tuple(_tap_name(d, ident, i) for i in range(len(d.interfaces))),
+                          bridges)
         argv = vmm_argv(d, rd, live)
         files.atomic_write(rd.live_xml, domain_xml(d, domain_id=ident, vsock_cid=live.vsock_cid, taps=live.taps))
         files.write_json(rd.status_file, {"id": ident, "phase": "starting", "persistent": persistent,
@@ -88,19 +89,27 @@ def _tap_name(d: DomainDef, ident: int, index: int) -> str | None:
     nic = d.interfaces[index]
     if nic.target:
         return nic.target
-    if nic.type == "network":
-        raise OperationInvalid(f"network '{nic.source}' is not defined: kvmkit has no virtual networks yet "
-                               "(use <interface type='bridge'> with an existing bridge, or type='ethernet')")
     return f"vnet{ident}n{index}"[:15]
 
 
+def _bridges(sd: StateDir, d: DomainDef) -> tuple[str | None, ...]:
+    """The bridge each interface's tap joins (the VMM joins it before the
+    guest runs): a bridge interface's own, a network interface's network's
+    (which must be active)."""
+    from kvmkit.manager.networks import Networks
+    nets = Networks(sd) if any(nic.type == "network" for nic in d.interfaces) else None
+    out: list[str | None] = []
+    for nic in d.interfaces:
+        if nic.type == "bridge":
+            out.append(nic.source)
+        elif nic.type == "network" and nets is not None:
+            out.append(nets.bridge_of(nic.source or ""))
+        else:
+            out.append(None)
+    return tuple(out)
+
+
 def _after_start(d: DomainDef, rd: RunDir, live: LiveValues) -> None:
-    for nic, tap in zip(d.interfaces, live.taps):
-        if nic.type == "bridge" and tap:
-            res = subprocess.run(["ip", "link", "set", tap, "master", nic.source or "", "up"],
-                                 capture_output=True, text=True)
-            if res.returncode != 0:
-                raise OperationFailed(f"cannot add {tap} to bridge {nic.source}: {res.stderr.strip()}")
     if d.balloon and d.current_memory < d.memory:
         qmp(rd.qmp_socket, "balloon", {"value": d.current_memory})
 

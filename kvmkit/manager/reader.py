@@ -15,6 +15,8 @@ from kvmkit.manager.xmltree import Node
 
 
 class Reader:
+    root_name = "domain"                     # what the root element is called in messages
+
     def __init__(self, node: Node, path: str, unsupported: list[str], source: str) -> None:
         self.node = node
         self.path = path                     # "" for the root element
@@ -76,8 +78,8 @@ class Reader:
 
     def error(self, what: str) -> XmlError:
         """A value that is wrong (not merely unsupported): fails at once, with the line."""
-        where = self.path or "domain"
+        where = self.path or self.root_name
         return XmlError(f"{self.source}:{self.node.line}: {where}: {what}")
 
     def _attr_path(self, name: str) -> str:
-        return f"{self.path or 'domain'}@{name}"
+        return f"{self.path or self.root_name}@{name}"

@@ -21,6 +21,7 @@ TUNSETVNETHDRSZ = 0x400454D8
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFMTU = 0x8913, 0x8914, 0x8922
+SIOCBRADDIF = 0x89A2
 IFF_UP = 0x1
 IFNAMSIZ = 16
 VNET_HDR_SIZE = 12          # virtio_net_hdr_v1 (with num_buffers), as VIRTIO_F_VERSION_1 requires
@@ -71,6 +72,23 @@ class Tap:
                 fcntl.ioctl(s, SIOCSIFFLAGS, _ifreq(self.name, flags))
         except OSError as exc:
             raise host_error(f"tap {self.name}: cannot set it {'up' if up else 'down'}", exc) from None
+
+    def join_bridge(self, bridge: str) -> None:
+        """Make this tap a port of ``bridge`` and bring it up (``kvmkit run
+        --net bridge=NAME``; the manager's networks use it too).  The port
+        goes when the tap does, so a VMM that dies leaves no port behind.
+        An ioctl (brctl's ``SIOCBRADDIF``), not netlink: the VMM needs
+        nothing more for it."""
+        if not bridge or len(bridge.encode()) >= IFNAMSIZ or "/" in bridge:
+            raise ConfigError(f"bridge name {bridge!r} must be 1-15 characters without '/'")
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                index = socket.if_nametoindex(self.name)
+                fcntl.ioctl(s, SIOCBRADDIF, struct.pack(f"{IFNAMSIZ}si20x", bridge.encode(), index))
+        except OSError as exc:
+            hint = {19: "no such bridge", 95: "not a bridge", 22: "not a bridge"}.get(exc.errno, exc.strerror)
+            raise ConfigError(f"cannot add tap {self.name} to bridge {bridge!r}: {hint}") from None
+        self.set_up()
 
     def close(self) -> None:
         if self.fd >= 0:

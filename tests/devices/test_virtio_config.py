@@ -28,8 +28,10 @@ def test_disk_errors(text, needle):
 def test_net():
     assert parse_net("tap=tap0,mac=52:54:00:AA:bb:cc") == NetSpec("tap0", "52:54:00:aa:bb:cc")
     assert parse_net("") == NetSpec()
+    assert parse_net("tap=t1,bridge=virbr0") == NetSpec("t1", None, "virbr0")
     assert parse_mac("52:54:00:aa:bb:cc") == bytes.fromhex("525400aabbcc")
-    for bad, needle in [("mac=zz", "mac"), ("mac=01:00:00:00:00:01", "multicast"), ("tap=" + "t" * 16, "tap")]:
+    for bad, needle in [("mac=zz", "mac"), ("mac=01:00:00:00:00:01", "multicast"), ("tap=" + "t" * 16, "tap"),
+                        ("bridge=" + "b" * 16, "bridge"), ("bridge=a/b", "bridge")]:
         with pytest.raises(ConfigError, match=needle):
             parse_net(bad)
 

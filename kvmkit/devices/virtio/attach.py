@@ -44,9 +44,9 @@ def build_devices(ctx: DeviceContext, specs: VirtioSpecs) -> list[VirtioDevice]:
                                        fmt=getattr(image, "format", d.format or "")))
         for i, n in enumerate(specs.nets):
             tap = Tap.open(n.tap)
-            if n.tap is None:
+            if n.tap is None or n.bridge:
                 try:
-                    tap.set_up()
+                    tap.join_bridge(n.bridge) if n.bridge else tap.set_up()
                 except BaseException:
                     tap.close()
                     raise

@@ -2,7 +2,7 @@
 
 ``--disk path=IMG[,format=raw|qcow2][,readonly=on][,cache=MODE][,discard=unmap|ignore][,serial=S]``
 (MODE: writeback, none, writethrough, directsync, unsafe; see :mod:`kvmkit.block.cachemode`)
-``--net [tap=NAME][,mac=52:54:00:12:34:56]``   (no tap → kvmkit creates one)
+``--net [tap=NAME][,mac=52:54:00:12:34:56][,bridge=BR]``   (no tap → kvmkit creates one; bridge: join BR)
 ``--console virtio[,out=FILE]``   ``--rng``   ``--balloon[,deflate-on-oom=on|off]``
 ``--vsock cid=N,uds=PATH``   ``--virtio-transport pci|mmio``
 
@@ -37,6 +37,7 @@ class DiskSpec:
 class NetSpec:
     tap: str | None = None             # None: create a new tap (kvmtapN)
     mac: str | None = None             # None: derived from the tap name
+    bridge: str | None = None          # a host bridge the tap joins (and is brought up on)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def parse_disk(text: str) -> DiskSpec:
 
 
 def parse_net(text: str) -> NetSpec:
-    o = _options("--net", text, {"tap", "mac"}, bare="tap")
+    o = _options("--net", text, {"tap", "mac", "bridge"}, bare="tap")
     tap = o.get("tap") or None
     if tap is not None and (len(tap.encode()) > 15 or "/" in tap or " " in tap):
         raise ConfigError(f"--net: tap={tap!r} must be an interface name of at most 15 characters")
@@ -131,7 +132,10 @@ def parse_net(text: str) -> NetSpec:
         if int(mac[:2], 16) & 1:
             raise ConfigError(f"--net: mac={mac!r} is a multicast address")
         mac = mac.lower()
-    return NetSpec(tap, mac)
+    bridge = o.get("bridge") or None
+    if bridge is not None and (len(bridge.encode()) > 15 or "/" in bridge or " " in bridge):
+        raise ConfigError(f"--net: bridge={bridge!r} must be an interface name of at most 15 characters")
+    return NetSpec(tap, mac, bridge)
 
 
 def parse_console(text: str) -> ConsoleSpec:
