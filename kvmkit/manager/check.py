@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmkit.manager import files, journal
+from kvmkit.manager import files, journal, vmstate
 from kvmkit.manager.domain_parse import parse_domain
 from kvmkit.manager.rundir import RunDir
 
@@ -47,7 +47,7 @@ def check(host) -> Report:
     sd = host.sd
     recovered = journal.recover(sd)
     problems: list[str] = []
-    folders = [sd.sub(s) for s in ("domains", "pools", "journal", "autostart")] + \
+    folders = [sd.sub(s) for s in ("domains", "pools", "journal", "autostart", "save")] + \
         [Path(e.path) for sub in ("run", "snapshots") for e in os.scandir(sd.sub(sub)) if e.is_dir()]
     uuids: dict[str, str] = {}
     disks: set[Path] = set()
@@ -69,7 +69,10 @@ def check(host) -> Report:
     for pool in host.storage.pools():
         disks.add(pool.target)
     for tmp in _temporaries(folders + sorted(disks)):
-        files.remove(tmp)
+        if tmp.is_dir() and not tmp.is_symlink():
+            vmstate.remove_tree(tmp)               # a saved state interrupted before its rename
+        else:
+            files.remove(tmp)
         recovered.append(f"removed {tmp} (a write interrupted by its writer's death)")
     for ident in journal.pending(sd):
         if not journal.in_progress(sd, ident):

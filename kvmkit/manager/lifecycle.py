@@ -15,16 +15,20 @@ import os
 import signal
 import subprocess
 import time
+from typing import TYPE_CHECKING
 
 from kvmkit.manager import files
 from kvmkit.manager.domain import DomainDef
 from kvmkit.manager.domain_xml import domain_xml
 from kvmkit.manager.errors import OperationFailed, OperationInvalid, StorageError
-from kvmkit.manager.launch import LiveValues, claim, spawn, vmm_argv, wait_ready
+from kvmkit.manager.launch import LiveValues, claim, restore_argv, spawn, vmm_argv, wait_ready
 from kvmkit.manager.locks import locked
 from kvmkit.manager.rundir import RunDir
 from kvmkit.manager.statedir import StateDir
 from kvmkit.manager.vmmlink import qmp
+
+if TYPE_CHECKING:
+    from kvmkit.manager.vmstate import SavedState
 
 DESTROY_GRACE = 10.0            # SIGTERM, then SIGKILL after this long (libvirt's virsh destroy)
 VSOCK_AUTO_BASE = 3             # an auto CID is 3 + the domain id: unique among running domains
@@ -50,19 +54,29 @@ def next_domain_id(sd: StateDir) -> int:
     return ident
 
 
-def start(sd: StateDir, d: DomainDef, persistent: bool) -> int:
-    """Start ``d``'s VMM (caller holds the domain lock); returns the domain id."""
+def start(sd: StateDir, d: DomainDef, persistent: bool, restore: "SavedState | None" = None,
+          reason: str = "booted") -> int:
+    """Start ``d``'s VMM (caller holds the domain lock); returns the domain id.
+    With ``restore``, the VMM continues from that saved state instead of
+    booting (``reason`` then says why: restored, from snapshot, migrated)."""
     check_host_files(d)
     rd = RunDir(sd.run_dir(d.name))
     lock_fd = claim(rd)
     try:
         rd.clear()
         ident = next_domain_id(sd)
-        live = LiveValues(ident, _vsock_cid(d, ident), tuple(_tap_name(d, ident, i) for i in range(len(d.interfaces))))
-        argv = vmm_argv(d, rd, live)
+        if restore is None:
+            live = LiveValues(ident, _vsock_cid(d, ident),
+                              tuple(_tap_name(d, ident, i) for i in range(len(d.interfaces))))
+            argv = vmm_argv(d, rd, live)
+        else:                                  # the saved machine keeps its CID and taps
+            saved = restore.live
+            live = LiveValues(ident, saved.vsock.cid if saved.vsock else None,
+                              tuple(i.target for i in saved.interfaces))
+            argv = restore_argv(d, rd, restore.path, restore.paused)
         files.atomic_write(rd.live_xml, domain_xml(d, domain_id=ident, vsock_cid=live.vsock_cid, taps=live.taps))
         files.write_json(rd.status_file, {"id": ident, "phase": "starting", "persistent": persistent,
-                                          "reason": "booted", "started": time.time()})
+                                          "reason": reason, "started": time.time()})
         log = sd.log(d.name)
         pid = spawn(argv, rd, log, lock_fd)
     finally:
@@ -74,7 +88,7 @@ def start(sd: StateDir, d: DomainDef, persistent: bool) -> int:
         _kill(rd, pid)
         raise
     rd.update_status(phase="running")
-    _after_start(d, rd, live)
+    _after_start(d, rd, live, restored=restore is not None)
     return ident
 
 
@@ -94,14 +108,14 @@ def _tap_name(d: DomainDef, ident: int, index: int) -> str | None:
     return f"vnet{ident}n{index}"[:15]
 
 
-def _after_start(d: DomainDef, rd: RunDir, live: LiveValues) -> None:
+def _after_start(d: DomainDef, rd: RunDir, live: LiveValues, restored: bool = False) -> None:
     for nic, tap in zip(d.interfaces, live.taps):
         if nic.type == "bridge" and tap:
             res = subprocess.run(["ip", "link", "set", tap, "master", nic.source or "", "up"],
                                  capture_output=True, text=True)
             if res.returncode != 0:
                 raise OperationFailed(f"cannot add {tap} to bridge {nic.source}: {res.stderr.strip()}")
-    if d.balloon and d.current_memory < d.memory:
+    if d.balloon and d.current_memory < d.memory and not restored:     # a restored balloon keeps its target
         qmp(rd.qmp_socket, "balloon", {"value": d.current_memory})
 
 

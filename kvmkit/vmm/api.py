@@ -88,6 +88,10 @@ class VmControl(Protocol):
     def query_stats(self) -> dict[str, Any]:
         """kvmkit's counters: exits, and what host-compat completed in the VMM."""
 
-    def save_snapshot(self, directory: str) -> Any:
+    def internal_disk_snapshot(self, device: str, name: str, delete: bool = False) -> None:
+        """Create (or delete) a qcow2 internal snapshot in one open disk."""
+
+    def save_snapshot(self, directory: str, disk_snapshot: str | None = None) -> Any:
         """Write the whole VM into ``directory`` (a running VM pauses for the
-        copy and continues); returns a :class:`kvmkit.vmm.snapshot.SnapshotInfo`."""
+        copy and continues), with ``disk_snapshot`` also a qcow2 internal
+        snapshot of that name in every writable disk at the same moment; returns a :class:`kvmkit.vmm.snapshot.SnapshotInfo`."""
