@@ -158,9 +158,7 @@ class Host:
                 vmstate.remove_tree(managed)      # the running VMM keeps its mapping of the memory
             else:
                 vmstate.remove_tree(managed)
-                lifecycle.start(self.sd, self.store.load(info.name), persistent=True)
-                if paused:
-                    lifecycle.monitor_command(self._rd(info.name), "stop", pause_reason="user")
+                lifecycle.start(self.sd, self.store.load(info.name), persistent=True, paused=paused)
         return self.lookup(info.name)
 
     def create(self, xml: str, source: str = "(domain_definition)") -> DomainInfo:
@@ -303,16 +301,8 @@ class Host:
             self._save_and_quit(info.name, Path(path), "save")
 
     def _save_and_quit(self, name: str, path: Path, why: str) -> None:
-        rd = self._rd(name)
-        lifecycle.require_running(rd)
-        was_running = vmstate.pause(rd)
-        try:
-            vmstate.save(rd, path, paused=not was_running)
-        except BaseException:
-            if was_running:
-                vmstate.resume(rd)
-            raise
-        vmstate.quit_vmm(rd, why)
+        lifecycle.require_running(self._rd(name))
+        vmstate.save_and_quit(self.sd, name, path, why)
 
     def restore(self, path: str | os.PathLike, paused: bool = False, running: bool = False) -> DomainInfo:
         """``virsh restore``: start the domain saved in ``path`` where it

@@ -55,10 +55,12 @@ def next_domain_id(sd: StateDir) -> int:
 
 
 def start(sd: StateDir, d: DomainDef, persistent: bool, restore: "SavedState | None" = None,
-          reason: str = "booted") -> int:
+          reason: str = "booted", paused: bool = False) -> int:
     """Start ``d``'s VMM (caller holds the domain lock); returns the domain id.
     With ``restore``, the VMM continues from that saved state instead of
-    booting (``reason`` then says why: restored, from snapshot, migrated)."""
+    booting (``reason`` then says why: restored, from snapshot, migrated;
+    whether it is paused is the state's).  ``paused``: boot with the vCPUs
+    stopped before their first instruction (``virsh start --paused``)."""
     check_host_files(d)
     rd = RunDir(sd.run_dir(d.name))
     lock_fd = claim(rd)
@@ -68,7 +70,7 @@ def start(sd: StateDir, d: DomainDef, persistent: bool, restore: "SavedState | N
         if restore is None:
             live = LiveValues(ident, _vsock_cid(d, ident),
                               tuple(_tap_name(d, ident, i) for i in range(len(d.interfaces))))
-            argv = vmm_argv(d, rd, live)
+            argv = vmm_argv(d, rd, live) + (["--paused"] if paused else [])
         else:                                  # the saved machine keeps its CID and taps
             saved = restore.live
             live = LiveValues(ident, saved.vsock.cid if saved.vsock else None,
@@ -76,7 +78,7 @@ def start(sd: StateDir, d: DomainDef, persistent: bool, restore: "SavedState | N
             argv = restore_argv(d, rd, restore.path, restore.paused)
         files.atomic_write(rd.live_xml, domain_xml(d, domain_id=ident, vsock_cid=live.vsock_cid, taps=live.taps))
         files.write_json(rd.status_file, {"id": ident, "phase": "starting", "persistent": persistent,
-                                          "reason": reason, "started": time.time()})
+                                          "reason": reason, "started": time.time(), "pause_reason": "user"})
         log = sd.log(d.name)
         pid = spawn(argv, rd, log, lock_fd)
     finally:

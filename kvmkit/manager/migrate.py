@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from kvmkit.manager import lifecycle, vmstate
@@ -59,16 +59,8 @@ def destination(uri: str) -> Path:
 
 def via_saved_state(move: Move) -> None:
     """Save → restore through a state directory in the destination."""
-    src_rd = move.source._rd(move.name)
     staging = move.dest.sd.sub("save") / f"{move.name}.migrating-{os.getpid()}"
-    was_running = vmstate.pause(src_rd)
-    try:
-        vmstate.save(src_rd, staging, paused=not was_running)
-    except BaseException:
-        if was_running:
-            vmstate.resume(src_rd)
-        raise
-    vmstate.quit_vmm(src_rd, "migrate")
+    vmstate.save_and_quit(move.source.sd, move.name, staging, "migrate")
     state = vmstate.open_state(staging)
     try:
         lifecycle.start(move.dest.sd, move.definition, persistent=False, restore=state, reason="migrated")
@@ -101,7 +93,7 @@ def migrate(host, name: str, uri: str, persistent: bool, undefine_source: bool):
             with dest.store.host_lock():
                 dest.store.check_unique(info.definition, dest._transient_uuids())
             d = host.store.load(name) if info.persistent else info.definition
-            move = Move(host, dest, name, replace(d), info.persistent)
+            move = Move(host, dest, name, d, info.persistent)
             TRANSFER(move)
             if persistent:
                 with dest.store.host_lock():

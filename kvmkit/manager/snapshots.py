@@ -143,8 +143,10 @@ def create(host, domain: str, name: str, description: str | None = None) -> None
             return
         with journal.intent(sd, "snapshot-create", domain=domain, snapshot=name, disks=disks,
                             running=True) as record:
-            was_running = vmstate.pause(rd)
-            record.note("we_paused", was_running)
+            was_running = vmstate.running(rd)
+            record.note("we_paused", was_running)         # before the pause: recovery resumes it
+            if was_running:
+                vmstate.pause(rd)
             try:
                 vmstate.save(rd, state_dir(sd, domain, name), paused=not was_running, disk_snapshot=name)
                 files.atomic_write(sd.snapshot_dir(domain) / f"{name}.xml",

@@ -25,11 +25,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmkit.manager import files
+from kvmkit.manager import files, journal
 from kvmkit.manager.domain import DomainDef
 from kvmkit.manager.domain_parse import parse_domain
 from kvmkit.manager.errors import OperationFailed, OperationInvalid, StorageError
 from kvmkit.manager.rundir import RunDir
+from kvmkit.manager.statedir import StateDir
 from kvmkit.manager.vmmlink import qmp
 
 SAVE_TIMEOUT = 600.0             # RAM is written by the VMM: seconds per GiB on a busy host
@@ -58,17 +59,51 @@ def open_state(path: Path) -> SavedState:
     return SavedState(path, live.name, live.uuid, bool(info.get("paused")), live)
 
 
-def pause(rd: RunDir) -> bool:
-    """Stop the vCPUs; True if they were running (the caller resumes them)."""
-    was_running = qmp(rd.qmp_socket, "query-status")["status"] == "running"
-    if was_running:
-        qmp(rd.qmp_socket, "stop")
-    return was_running
+def running(rd: RunDir) -> bool:
+    """Are the vCPUs running (not paused)?"""
+    return qmp(rd.qmp_socket, "query-status")["status"] == "running"
+
+
+def pause(rd: RunDir) -> None:
+    qmp(rd.qmp_socket, "stop")
 
 
 def resume(rd: RunDir) -> None:
     if rd.alive() and qmp(rd.qmp_socket, "query-status")["status"] == "paused":
         qmp(rd.qmp_socket, "cont")
+
+
+def save_and_quit(sd: StateDir, domain: str, target: Path, why: str) -> None:
+    """Pause the domain, save it to ``target``, end its VMM (``why``:
+    ``save``, ``migrate``).  Journalled: a manager killed before the state
+    is complete leaves the guest running again; after, the VMM is ended."""
+    rd = RunDir(sd.run_dir(domain))
+    was_running = running(rd)
+    with journal.intent(sd, "state-save", domain=domain, path=str(Path(target).absolute()), why=why,
+                        we_paused=was_running):
+        if was_running:
+            pause(rd)
+        try:
+            save(rd, target, paused=not was_running)
+        except BaseException:
+            if was_running:
+                resume(rd)
+            raise
+        quit_vmm(rd, why)
+
+
+@journal.handler("state-save")
+def _finish_save(sd: StateDir, data: dict) -> None:
+    rd = RunDir(sd.run_dir(data["domain"]))
+    if not rd.alive():
+        return
+    try:
+        open_state(Path(data["path"]))
+    except StorageError:                        # no complete state: the guest goes on
+        if data.get("we_paused"):
+            resume(rd)
+        return
+    quit_vmm(rd, data["why"])                   # the state is complete: finish the save
 
 
 def save(rd: RunDir, target: Path, paused: bool, disk_snapshot: str | None = None) -> Path:
