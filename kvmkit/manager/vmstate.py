@@ -127,7 +127,7 @@ def save(rd: RunDir, target: Path, paused: bool, disk_snapshot: str | None = Non
         files.atomic_write(tmp / DOMAIN_FILE, rd.live_xml.read_text())
         files.write_json(tmp / INFO_FILE, {"paused": paused, "saved": time.time()})
         for name in STATE_FILES:
-            _fsync(tmp / name)
+            files.fsync_path(tmp / name)
         os.rename(tmp, target)
         files.fsync_dir(target.parent)
     except BaseException:
@@ -139,14 +139,6 @@ def save(rd: RunDir, target: Path, paused: bool, disk_snapshot: str | None = Non
 def temporary_name(target: Path) -> Path:
     """A sibling name the consistency check knows as a temporary of this process."""
     return target.with_name(f"{target.name}{files.TMP_MARK}{os.getpid()}-{os.urandom(3).hex()}")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_tree(path: Path) -> None:
