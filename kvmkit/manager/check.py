@@ -6,8 +6,9 @@ temporaries of dead writers removed, run directories of ended transient
 domains forgotten.  That is the crash protocol working, not a problem; it
 is reported as what was recovered.  Then it verifies what must hold:
 every definition parses and is stored under its own name; names and UUIDs
-are unique; every disk exists; every live VMM belongs to a known domain;
-the next domain id is above every id in use.
+are unique; every disk exists; every managed save belongs to a defined
+domain; every live VMM belongs to a known domain; the next domain id is
+above every id in use.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def _temporaries(folders: list[Path]) -> list[Path]:
         if folder.is_dir():
             out += [Path(e.path) for e in os.scandir(folder) if files.is_temporary(e.name) and not _writer_alive(e.name)]
     return out
+
+
+def _migration_in_progress(name: str) -> bool:
+    pid = name.rpartition(".migrating-")[2]
+    return ".migrating-" in name and pid.isdigit() and os.path.exists(f"/proc/{pid}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,12 @@ def check(host) -> Report:
         if not journal.in_progress(sd, ident):
             problems.append(f"interrupted operation {ident} could not be recovered: "
                             f"{files.read_json(sd.journal(ident))}")
+    for e in os.scandir(sd.sub("save")):
+        if files.is_temporary(e.name) or _migration_in_progress(e.name):
+            continue
+        if not host.store.exists(e.name):
+            problems.append(f"saved state {e.path} belongs to no defined domain (an interrupted migration "
+                            "leaves one: 'virsh restore' it, or remove it)")
     next_id = files.read_json(sd.next_id, 1)
     for e in os.scandir(sd.sub("run")):
         rd = RunDir(Path(e.path))

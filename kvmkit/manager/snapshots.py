@@ -5,7 +5,7 @@ moment) in ``snapshots/NAME/SNAP.xml``.
 A running (or paused) domain's snapshot also keeps its VM state in
 ``snapshots/NAME/SNAP.state/`` (see :mod:`vmstate`).  Its VMM takes the
 disk snapshots and writes the state in one paused, I/O-quiesced moment
-(QMP ``kvmkit-snapshot-save`` with ``disk-snapshot``), so the disks agree
+(QMP ``kvmkit-savevm``), so the disks agree
 with the memory; the guest then continues.  Reverting to it stops the
 domain's VMM, reverts the disks and starts a VMM from the state: memory and
 disks are both as they were.  A disk snapshot of a domain that is running

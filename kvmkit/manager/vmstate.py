@@ -3,7 +3,8 @@
 A saved state is a **directory** (what ``virsh save NAME FILE`` creates at
 FILE, what ``managedsave``, running snapshots and migration keep): the
 VMM's snapshot files (``vmstate``, ``memory``: see :mod:`kvmkit.vmm.snapshot`)
-written by QMP ``kvmkit-snapshot-save``, plus ``domain.xml`` (the live
+written by QMP ``kvmkit-snapshot-save`` (``kvmkit-savevm`` for a running
+snapshot: disks too), plus ``domain.xml`` (the live
 definition, with its vsock CID and tap names) and ``kvmkit-save.json``
 (name, uuid, whether it was running or paused).  A directory rather than
 one archive because a restore maps ``memory`` copy-on-write: it starts in
@@ -120,10 +121,10 @@ def save(rd: RunDir, target: Path, paused: bool, disk_snapshot: str | None = Non
     except OSError as e:
         raise StorageError(f"cannot save to '{target}': {e.strerror}") from None
     try:
-        args = {"path": str(tmp)}
         if disk_snapshot:
-            args["disk-snapshot"] = disk_snapshot
-        qmp(rd.qmp_socket, "kvmkit-snapshot-save", args, timeout=SAVE_TIMEOUT)
+            qmp(rd.qmp_socket, "kvmkit-savevm", {"path": str(tmp), "name": disk_snapshot}, timeout=SAVE_TIMEOUT)
+        else:
+            qmp(rd.qmp_socket, "kvmkit-snapshot-save", {"path": str(tmp)}, timeout=SAVE_TIMEOUT)
         files.atomic_write(tmp / DOMAIN_FILE, rd.live_xml.read_text())
         files.write_json(tmp / INFO_FILE, {"paused": paused, "saved": time.time()})
         for name in STATE_FILES:

@@ -79,6 +79,13 @@ class VmControl(Protocol):
     def query_block(self) -> list[dict[str, Any]]:
         """QMP query-block entries for the VM's disks."""
 
+    def internal_disk_snapshot(self, device: str, name: str, delete: bool = False) -> None:
+        """Create (or delete) a qcow2 internal snapshot in one open disk."""
+
+    def savevm(self, directory: str, name: str) -> Any:
+        """The VM state into ``directory`` and the internal snapshot ``name``
+        in every writable disk, in one paused moment (a SnapshotInfo)."""
+
     def query_balloon(self) -> dict[str, Any] | None:
         """``{"actual": guest RAM bytes minus the balloon}``; None without a balloon device."""
 
@@ -88,10 +95,6 @@ class VmControl(Protocol):
     def query_stats(self) -> dict[str, Any]:
         """kvmkit's counters: exits, and what host-compat completed in the VMM."""
 
-    def internal_disk_snapshot(self, device: str, name: str, delete: bool = False) -> None:
-        """Create (or delete) a qcow2 internal snapshot in one open disk."""
-
-    def save_snapshot(self, directory: str, disk_snapshot: str | None = None) -> Any:
+    def save_snapshot(self, directory: str) -> Any:
         """Write the whole VM into ``directory`` (a running VM pauses for the
-        copy and continues), with ``disk_snapshot`` also a qcow2 internal
-        snapshot of that name in every writable disk at the same moment; returns a :class:`kvmkit.vmm.snapshot.SnapshotInfo`."""
+        copy and continues); returns a :class:`kvmkit.vmm.snapshot.SnapshotInfo`."""

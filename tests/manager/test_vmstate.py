@@ -177,6 +177,10 @@ def test_migrate_to_another_state_directory_and_back(counter, virsh, host, tmp_p
         assert not list(there.sd.sub("save").iterdir())     # the staging state is gone
         virsh("resume", "c", check=True)
         assert virsh("-q", "domstate", "--reason", "c").stdout == "running (unpaused)\n"
+        assert host.check().problems == [] and there.check().problems == []
+        stray = there.sd.sub("save") / "c.migrating-999999999"      # what a killed migration leaves
+        stray.mkdir()
+        assert [p for p in there.check().problems if str(stray) in p and "virsh restore" in p]
     finally:
         for info in there.domains(inactive=False):
             there.destroy(info.name)

@@ -1,8 +1,7 @@
 """qcow2 internal snapshots of a running VM's open disks, taken by its VMM:
 QMP ``blockdev-snapshot-internal-sync`` / ``-delete-internal-sync`` (QEMU's
-commands, from the qemu.qmp client) and ``kvmkit-snapshot-save`` with
-``disk-snapshot`` (the VM state and every writable disk in one paused
-moment).  qemu-img is the judge of the images."""
+commands, from the qemu.qmp client) and ``kvmkit-savevm`` (the VM state
+and every writable disk in one paused moment).  qemu-img is the judge of the images."""
 
 from __future__ import annotations
 
@@ -34,14 +33,13 @@ def test_disk_snapshots_through_qmp_and_with_the_vm_state(tiny_guest, machine, t
     disk = tmp_path / "d.qcow2"
     create_image(str(disk), "qcow2", 8 << 20)
     m = machine(tiny_guest("counter"), virtio=_specs(f"path={disk},format=qcow2"))
-    info = m.save_snapshot(tmp_path / "state", disk_snapshot="with-state")
-    assert info.memory_bytes == 64 << 20 and (tmp_path / "state" / "memory").exists()
-    assert _snapshots(disk) == ["with-state"]
-    assert m.running                                           # it paused for the save and went on
-
     async def scenario(path: str) -> None:
         qmp = QMPClient("disk-snapshots")
         await qmp.connect(path)
+        info = await qmp.execute("kvmkit-savevm", {"path": str(tmp_path / "state"), "name": "with-state"})
+        assert info["memory-bytes"] == 64 << 20 and (tmp_path / "state" / "memory").exists()
+        assert _snapshots(disk) == ["with-state"]
+        assert (await qmp.execute("query-status"))["status"] == "running"     # paused for it, went on
         assert await qmp.execute("blockdev-snapshot-internal-sync", {"device": "virtio0", "name": "q"}) == {}
         with pytest.raises(ExecuteError, match="already exists"):
             await qmp.execute("blockdev-snapshot-internal-sync", {"device": str(disk), "name": "q"})
@@ -66,6 +64,6 @@ def test_a_writable_raw_disk_refuses_before_anything_is_written(tiny_guest, mach
     create_image(str(qcow), "qcow2", 8 << 20)
     m = machine(tiny_guest("counter"), virtio=_specs(f"path={qcow},format=qcow2", f"path={raw},format=raw"))
     with pytest.raises(GuestError, match="is raw: internal snapshots need qcow2"):
-        m.save_snapshot(tmp_path / "state", disk_snapshot="s")
+        m.savevm(tmp_path / "state", "s")
     assert not (tmp_path / "state").exists() and _snapshots(qcow) == []
     assert m.running
