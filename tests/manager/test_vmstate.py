@@ -118,6 +118,10 @@ def test_snapshots_of_a_running_and_a_paused_domain(counter, virsh, host, tmp_pa
     virsh("suspend", "c", check=True)
     virsh("snapshot-create-as", "c", "paused1", check=True)
     at_snapshot = count(host.sd.snapshot_dir("c") / "paused1.state")
+    for snap in ("running1", "paused1"):                    # libvirt's domainsnapshot schema accepts them
+        res = subprocess.run(["virt-xml-validate", str(host.sd.snapshot_dir("c") / f"{snap}.xml"),
+                              "domainsnapshot"], capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
     rows = [line.split() for line in virsh("-q", "snapshot-list", "c").stdout.splitlines()[2:]]
     assert [(r[0], r[-1]) for r in rows] == [("running1", "running"), ("paused1", "paused")]
     virsh("resume", "c", check=True)
