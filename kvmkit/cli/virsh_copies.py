@@ -1,6 +1,6 @@
 """virsh's commands that copy a domain: ``clone`` (virt-clone's meaning),
-snapshots of shut-off domains, and the state commands (save, restore,
-managedsave, migrate) that wait for the VMM's state save (issue 9)."""
+snapshots (of shut-off and running domains), and the state commands: save,
+restore, managedsave, migrate."""
 
 from __future__ import annotations
 
@@ -48,22 +48,32 @@ def snapshot_delete(host, a) -> str:
 
 
 def save(host, a) -> str:
-    host.save(domain_of(host, a.domain).name, a.file)
-    return ""
+    info = domain_of(host, a.domain)
+    host.save(info.name, a.file)
+    return f"\nDomain '{info.name}' saved to {a.file}\n"
 
 
 def restore(host, a) -> str:
-    host.restore(a.file)
-    return ""
+    host.restore(a.file, paused=a.paused, running=a.running)
+    return f"Domain restored from {a.file}\n"
 
 
 def managedsave(host, a) -> str:
-    host.managedsave(domain_of(host, a.domain).name)
-    return ""
+    info = domain_of(host, a.domain)
+    host.managedsave(info.name)
+    return f"\nDomain '{info.name}' state saved by libvirt\n"
+
+
+def managedsave_remove(host, a) -> str:
+    info = domain_of(host, a.domain)
+    if host.managedsave_remove(info.name):
+        return f"Removed managedsave image for domain '{info.name}'\n"
+    return f"Domain '{info.name}' has no manage save image; removal skipped\n"
 
 
 def migrate(host, a) -> str:
-    host.migrate(domain_of(host, a.domain).name, a.desturi)
+    host.migrate(domain_of(host, a.domain).name, a.desturi, persistent=a.persistent,
+                 undefine_source=a.undefinesource)
     return ""
 
 
@@ -84,7 +94,8 @@ def register(sub: Any) -> None:
     p.add_argument("--name", required=True, metavar="NEW")
     p.add_argument("--auto-clone", action="store_true", help="name the new disks NEW.qcow2, NEW-1.qcow2, ...")
     p.add_argument("--full", action="store_true", help="copy the disks instead of qcow2 linked clones")
-    p = command(sub, "snapshot-create-as", snapshot_create_as, "create a snapshot of a shut-off domain",
+    p = command(sub, "snapshot-create-as", snapshot_create_as,
+                "create a snapshot: disks (qcow2 internal snapshots) and, of a running domain, its memory",
                 "Failed to create snapshot of domain '{domain}'")
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("name", metavar="NAME")
@@ -92,22 +103,34 @@ def register(sub: Any) -> None:
     p = command(sub, "snapshot-list", snapshot_list, "list snapshots for a domain")
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("--name", action="store_true", help="list snapshot names only")
-    for name, fn, help_, verb in (("snapshot-revert", snapshot_revert, "revert a shut-off domain to a snapshot",
-                                   "revert"),
+    for name, fn, help_, verb in (("snapshot-revert", snapshot_revert,
+                                   "revert a domain to a snapshot (a running snapshot: memory and disks; "
+                                   "the domain ends in the snapshot's state)", "revert"),
                                   ("snapshot-delete", snapshot_delete, "delete a domain snapshot", "delete")):
         p = command(sub, name, fn, help_, f"Failed to {verb} snapshot '{{snapshotname}}'")
         p.add_argument("domain", metavar="DOMAIN")
         p.add_argument("snapshotname", metavar="SNAPSHOT")
-    p = command(sub, "save", save, "save a domain state to a file", "Failed to save domain '{domain}' to {file}")
+    p = command(sub, "save", save, "save a domain state to a file and stop the domain (kvmkit: FILE is created "
+                "as a directory holding the state; restore maps its memory, so keep it while restored)",
+                "Failed to save domain '{domain}' to {file}")
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("file", metavar="FILE")
-    command(sub, "restore", restore, "restore a domain from a saved state in a file",
-            "Failed to restore domain from {file}").add_argument("file", metavar="FILE")
-    command(sub, "managedsave", managedsave, "managed save of a domain state",
+    p = command(sub, "restore", restore, "restore a domain from a saved state (made by save)",
+                "Failed to restore domain from {file}")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--paused", action="store_true", help="restore into a paused state")
+    p.add_argument("--running", action="store_true", help="restore into a running state")
+    command(sub, "managedsave", managedsave, "save a domain's state and stop it; the next start continues it",
             "Failed to save domain '{domain}' state").add_argument("domain", metavar="DOMAIN")
-    p = command(sub, "migrate", migrate, "migrate a domain to another kvmkit host",
+    command(sub, "managedsave-remove", managedsave_remove, "remove managed save of a domain",
+            "Failed to remove managed save image for domain '{domain}'").add_argument("domain", metavar="DOMAIN")
+    p = command(sub, "migrate", migrate, "migrate a running domain to another kvmkit state directory "
+                "(kvmkit://DIR or a path; disks stay where they are): today save, then restore there "
+                "(the guest pauses for both), live migration when the VMM has it",
                 "Failed to migrate domain '{domain}'")
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("desturi", metavar="DESTURI")
+    p.add_argument("--persistent", action="store_true", help="persist the domain on the destination")
+    p.add_argument("--undefinesource", action="store_true", help="undefine the domain on the source")
     command(sub, "check", check, "kvmkit: recover interrupted operations, then check the state directory's "
             "consistency (exit status 1 if it is not)")

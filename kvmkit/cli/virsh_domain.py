@@ -32,7 +32,7 @@ def create(host, a) -> str:
 
 def undefine(host, a) -> str:
     info = domain_of(host, a.domain)
-    host.undefine(info.name, snapshots_metadata=a.snapshots_metadata)
+    host.undefine(info.name, snapshots_metadata=a.snapshots_metadata, managed_save=a.managed_save)
     return f"Domain '{info.name}' has been undefined\n"
 
 
@@ -62,7 +62,7 @@ def _action(method: str, message: str):
 
 def start(host, a) -> str:
     info = domain_of(host, a.domain)
-    host.start(info.name)
+    host.start(info.name, force_boot=a.force_boot, paused=a.paused)
     out = f"Domain '{info.name}' started\n"
     if a.console:
         import sys
@@ -116,9 +116,14 @@ def list_(host, a) -> str:
                               ("shut off", a.state_shutoff)) if on}
     if wanted:
         infos = [i for i in infos if i.state in wanted]
+    if a.with_managed_save or a.without_managed_save:
+        infos = [i for i in infos if i.managed_save == a.with_managed_save]
     if a.name or a.uuid:
         return "".join(f"{i.uuid if a.uuid else i.name}\n" for i in infos)
-    return table(["Id", "Name", "State"], [[str(i.id) if i.active else "-", i.name, i.state] for i in infos])
+
+    def state(i) -> str:
+        return "saved" if a.managed_save and i.managed_save else i.state
+    return table(["Id", "Name", "State"], [[str(i.id) if i.active else "-", i.name, state(i)] for i in infos])
 
 
 def dominfo(host, a) -> str:
@@ -136,7 +141,7 @@ def dominfo(host, a) -> str:
     pairs += [("Max memory", f"{d.memory >> 10} KiB"), ("Used memory", f"{used >> 10} KiB"),
               ("Persistent", "yes" if info.persistent else "no"),
               ("Autostart", "enable" if info.autostart else "disable"),
-              ("Managed save", "no"), ("Security model", "none"), ("Security DOI", "0")]
+              ("Managed save", "yes" if info.managed_save else "no"), ("Security model", "none"), ("Security DOI", "0")]
     return fields(pairs)
 
 
@@ -197,9 +202,12 @@ def register(sub: Any) -> None:
             "Failed to create domain from {file}").add_argument("file", metavar="FILE")
     p = _domain_arg(command(sub, "undefine", undefine, "undefine a domain", "Failed to undefine domain '{domain}'"))
     p.add_argument("--snapshots-metadata", action="store_true", help="also remove its snapshot metadata")
+    p.add_argument("--managed-save", action="store_true", help="also remove its managed save")
     p = _domain_arg(command(sub, "start", start, "start a (previously defined) inactive domain",
                             "Failed to start domain '{domain}'"))
     p.add_argument("--console", action="store_true", help="attach to the console after start")
+    p.add_argument("--paused", action="store_true", help="leave the guest paused")
+    p.add_argument("--force-boot", action="store_true", help="boot, discarding any managed save")
     for name, method, message, verb in (
             ("shutdown", "shutdown", "is being shutdown", "shutdown"),
             ("destroy", "destroy", "destroyed", "destroy"), ("reboot", "reboot", "is being rebooted", "reboot"),
@@ -208,8 +216,11 @@ def register(sub: Any) -> None:
         _domain_arg(command(sub, name, _action(method, message), f"{name} a domain",
                             f"Failed to {verb} domain '{{domain}}'"))
     p = command(sub, "list", list_, "list domains")
-    for flag in ("--all", "--inactive", "--name", "--uuid", "--state-running", "--state-paused", "--state-shutoff"):
+    for flag in ("--all", "--inactive", "--name", "--uuid", "--state-running", "--state-paused", "--state-shutoff",
+                 "--with-managed-save", "--without-managed-save"):
         p.add_argument(flag, action="store_true")
+    p.add_argument("--managed-save", action="store_true", help="mark inactive domains with managed save state "
+                   "(their state reads 'saved')")
     _domain_arg(command(sub, "dominfo", dominfo, "domain information"))
     _domain_arg(command(sub, "domstate", domstate, "domain state")).add_argument(
         "--reason", action="store_true", help="also print reason for the state")

@@ -6,8 +6,9 @@ temporaries of dead writers removed, run directories of ended transient
 domains forgotten.  That is the crash protocol working, not a problem; it
 is reported as what was recovered.  Then it verifies what must hold:
 every definition parses and is stored under its own name; names and UUIDs
-are unique; every disk exists; every live VMM belongs to a known domain;
-the next domain id is above every id in use.
+are unique; every disk exists; every managed save belongs to a defined
+domain; every live VMM belongs to a known domain; the next domain id is
+above every id in use.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmkit.manager import files, journal
+from kvmkit.manager import files, journal, vmstate
 from kvmkit.manager.domain_parse import parse_domain
 from kvmkit.manager.rundir import RunDir
 
@@ -37,6 +38,11 @@ def _temporaries(folders: list[Path]) -> list[Path]:
     return out
 
 
+def _migration_in_progress(name: str) -> bool:
+    pid = name.rpartition(".migrating-")[2]
+    return ".migrating-" in name and pid.isdigit() and os.path.exists(f"/proc/{pid}")
+
+
 @dataclass(frozen=True)
 class Report:
     problems: list[str]           # empty: consistent
@@ -47,7 +53,7 @@ def check(host) -> Report:
     sd = host.sd
     recovered = journal.recover(sd)
     problems: list[str] = []
-    folders = [sd.sub(s) for s in ("domains", "pools", "journal", "autostart")] + \
+    folders = [sd.sub(s) for s in ("domains", "pools", "journal", "autostart", "save")] + \
         [Path(e.path) for sub in ("run", "snapshots") for e in os.scandir(sd.sub(sub)) if e.is_dir()]
     uuids: dict[str, str] = {}
     disks: set[Path] = set()
@@ -69,12 +75,21 @@ def check(host) -> Report:
     for pool in host.storage.pools():
         disks.add(pool.target)
     for tmp in _temporaries(folders + sorted(disks)):
-        files.remove(tmp)
+        if tmp.is_dir() and not tmp.is_symlink():
+            vmstate.remove_tree(tmp)               # a saved state interrupted before its rename
+        else:
+            files.remove(tmp)
         recovered.append(f"removed {tmp} (a write interrupted by its writer's death)")
     for ident in journal.pending(sd):
         if not journal.in_progress(sd, ident):
             problems.append(f"interrupted operation {ident} could not be recovered: "
                             f"{files.read_json(sd.journal(ident))}")
+    for e in os.scandir(sd.sub("save")):
+        if files.is_temporary(e.name) or _migration_in_progress(e.name):
+            continue
+        if not host.store.exists(e.name):
+            problems.append(f"saved state {e.path} belongs to no defined domain (an interrupted migration "
+                            "leaves one: 'virsh restore' it, or remove it)")
     next_id = files.read_json(sd.next_id, 1)
     for e in os.scandir(sd.sub("run")):
         rd = RunDir(Path(e.path))

@@ -20,12 +20,17 @@ def is_temporary(name: str) -> bool:
     return TMP_MARK in name
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: Path, flags: int = 0) -> None:
+    """fsync a file written by someone else (an image tool, the VMM)."""
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fsync_path(path, os.O_DIRECTORY)
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:

@@ -14,15 +14,16 @@ and a VMM started by one process is seen and steered by every other.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
-from kvmkit.manager import files, lifecycle
+from kvmkit.manager import files, lifecycle, vmstate
 from kvmkit.manager.domain import DomainDef
 from kvmkit.manager.domain_parse import parse_domain
 from kvmkit.manager.domain_xml import domain_xml
-from kvmkit.manager.errors import NoDomain, NotSupportedYet, OperationInvalid
+from kvmkit.manager.errors import NoDomain, OperationInvalid
 from kvmkit.manager.info import DomainInfo, live_info, shutoff_info
 from kvmkit.manager.launch import console_socket
 from kvmkit.manager.locks import locked
@@ -30,9 +31,6 @@ from kvmkit.manager.rundir import RunDir
 from kvmkit.manager.statedir import StateDir, default_state_dir
 from kvmkit.manager.store import DefinitionStore
 from kvmkit.manager.vmmlink import qmp_raw
-
-STATE_SAVE_HOOK = "needs VM state save (issue 9)"
-
 
 class Host:
     """One state directory's domains, storage pools and snapshots."""
@@ -56,7 +54,10 @@ class Host:
         live = live_info(self._rd(name), persistent, autostart, config)
         if live is not None:
             return live
-        return shutoff_info(self._rd(name), config, autostart) if config is not None else None
+        if config is None:
+            return None
+        return dataclasses.replace(shutoff_info(self._rd(name), config, autostart),
+                                   managed_save=self.sd.managed_save(name).is_dir())
 
     def _running_names(self) -> list[str]:
         run = self.sd.sub("run")
@@ -107,9 +108,11 @@ class Host:
                     out[name] = info.uuid
         return out
 
-    def undefine(self, name: str, snapshots_metadata: bool = False) -> None:
+    def undefine(self, name: str, snapshots_metadata: bool = False, managed_save: bool = False) -> None:
         from kvmkit.manager import snapshots
         info = self.lookup(name)
+        if info.managed_save and not managed_save:
+            raise OperationInvalid("Refusing to undefine while domain managed save image exists")
         with locked(self.sd.domain_lock(info.name), f"domain '{info.name}'"):
             if self._rd(info.name).alive():
                 raise OperationInvalid("cannot undefine a running domain: destroy or shut it down first "
@@ -121,6 +124,7 @@ class Host:
                 raise OperationInvalid(f"cannot delete inactive domain with {count} snapshots")
             with self.store.host_lock():
                 snapshots.forget_all(self.sd, info.name)
+                vmstate.remove_tree(self.sd.managed_save(info.name))
                 self.store.remove(info.name)
 
     def dumpxml(self, name: str, inactive: bool = False) -> str:
@@ -138,12 +142,23 @@ class Host:
         self.store.set_autostart(info.name, on)
 
     # --- life cycle ---------------------------------------------------------------------
-    def start(self, name: str) -> DomainInfo:
+    def start(self, name: str, force_boot: bool = False, paused: bool = False) -> DomainInfo:
+        """Start a defined domain; one with a managed save continues from it
+        (and the save is then gone), as libvirt's, unless ``force_boot``."""
         info = self.lookup(name)
         with locked(self.sd.domain_lock(info.name), f"domain '{info.name}'"):
             if self._rd(info.name).alive():
                 raise OperationInvalid("domain is already running")
-            lifecycle.start(self.sd, self.store.load(info.name), persistent=True)
+            managed = self.sd.managed_save(info.name)
+            if managed.is_dir() and not force_boot:
+                state = vmstate.open_state(managed)
+                lifecycle.start(self.sd, self.store.load(info.name), persistent=True,
+                                restore=dataclasses.replace(state, paused=state.paused or paused),
+                                reason="restored")
+                vmstate.remove_tree(managed)      # the running VMM keeps its mapping of the memory
+            else:
+                vmstate.remove_tree(managed)
+                lifecycle.start(self.sd, self.store.load(info.name), persistent=True, paused=paused)
         return self.lookup(info.name)
 
     def create(self, xml: str, source: str = "(domain_definition)") -> DomainInfo:
@@ -302,24 +317,65 @@ class Host:
         from kvmkit.manager import snapshots
         snapshots.delete(self, self.lookup(name).name, snapshot)
 
-    # --- VM state: the hook for issue 9 -------------------------------------------------
-    def save(self, name: str, path: str) -> None:
-        """``virsh save``: the VMM's save/restore (issue 9) will plug in here:
-        QMP migrate to ``exec:cat > path`` (or its own file transport), then
-        destroy, recording reason ``saved``."""
-        self.lookup(name)
-        raise NotSupportedYet(STATE_SAVE_HOOK)
+    # --- VM state: save, restore, managed save, migration ---------------------------------
+    def save(self, name: str, path: str | os.PathLike) -> None:
+        """``virsh save``: the domain stops and its whole state goes to the
+        new directory ``path`` (see :mod:`kvmkit.manager.vmstate`); ``restore``
+        runs it again on the same disks."""
+        info = self.lookup(name)
+        with locked(self.sd.domain_lock(info.name), f"domain '{info.name}'"):
+            self._save_and_quit(info.name, Path(path), "save")
 
-    def restore(self, path: str) -> DomainInfo:
-        raise NotSupportedYet(STATE_SAVE_HOOK)
+    def _save_and_quit(self, name: str, path: Path, why: str) -> None:
+        lifecycle.require_running(self._rd(name))
+        vmstate.save_and_quit(self.sd, name, path, why)
+
+    def restore(self, path: str | os.PathLike, paused: bool = False, running: bool = False) -> DomainInfo:
+        """``virsh restore``: start the domain saved in ``path`` where it
+        was; the file stays (it can be restored again while its disks still
+        match it).  A defined domain of that name stays persistent."""
+        state = vmstate.open_state(Path(path))
+        with locked(self.sd.domain_lock(state.name), f"domain '{state.name}'"):
+            if self._rd(state.name).alive():
+                raise OperationInvalid(f"domain '{state.name}' is already active")
+            persistent = self.store.exists(state.name)
+            if persistent and self.store.load(state.name).uuid != state.uuid:
+                raise OperationInvalid(f"domain '{state.name}' is already defined with another uuid")
+            with self.store.host_lock():
+                others = {n: u for n, u in self._transient_uuids().items() if n != state.name}
+                if not persistent:
+                    self.store.check_unique(state.live, others)
+            want_paused = (state.paused or paused) and not running
+            d = self.store.load(state.name) if persistent else state.live
+            lifecycle.start(self.sd, d, persistent, restore=dataclasses.replace(state, paused=want_paused),
+                            reason="restored")
+        return self.lookup(state.name)
 
     def managedsave(self, name: str) -> None:
-        self.lookup(name)
-        raise NotSupportedYet(STATE_SAVE_HOOK)
+        """Save to the state directory and stop; the next ``start`` continues."""
+        info = self.lookup(name)
+        if not info.persistent:
+            raise OperationInvalid("cannot do managed save for transient domain")
+        with locked(self.sd.domain_lock(info.name), f"domain '{info.name}'"):
+            managed = self.sd.managed_save(info.name)
+            vmstate.remove_tree(managed)
+            self._save_and_quit(info.name, managed, "save")
 
-    def migrate(self, name: str, uri: str) -> None:
-        self.lookup(name)
-        raise NotSupportedYet(STATE_SAVE_HOOK + " and live migration")
+    def managedsave_remove(self, name: str) -> bool:
+        """Forget a managed save (the next start boots); False if there was none."""
+        info = self.lookup(name)
+        with locked(self.sd.domain_lock(info.name), f"domain '{info.name}'"):
+            managed = self.sd.managed_save(info.name)
+            if not managed.is_dir():
+                return False
+            vmstate.remove_tree(managed)
+            return True
+
+    def migrate(self, name: str, uri: str, persistent: bool = False, undefine_source: bool = False) -> DomainInfo:
+        """``virsh migrate NAME URI``: move a running domain to another kvmkit
+        state directory (see :mod:`kvmkit.manager.migrate`); returns its info there."""
+        from kvmkit.manager.migrate import migrate
+        return migrate(self, self.lookup(name).name, uri, persistent, undefine_source)
 
     # --- upkeep -------------------------------------------------------------------------
     def check(self):

@@ -15,7 +15,7 @@ from kvmkit.block import create_image, open_image
 from kvmkit.block.image import probe_format
 from kvmkit.errors import ImageError
 from kvmkit.manager.errors import StorageError
-from kvmkit.manager.files import TMP_MARK, fsync_dir
+from kvmkit.manager.files import TMP_MARK, fsync_dir, fsync_path
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def create(path: Path, fmt: str, size: int | None, backing: Path | None = None,
     try:
         create_image(str(tmp), fmt, size, backing=str(backing) if backing else None,
                      backing_fmt=backing_fmt or (probe_format(str(backing)) if backing else None))
-        _sync(tmp)
+        fsync_path(tmp)
     except ImageError as e:
         tmp.unlink(missing_ok=True)
         raise StorageError(str(e)) from None
@@ -68,7 +68,7 @@ def overlay(base: Path, path: Path, replace: bool = False) -> None:
     tmp = _tmp(path)
     try:
         create_image(str(tmp), "qcow2", None, backing=str(base), backing_fmt=probe_format(str(base)))
-        _sync(tmp)
+        fsync_path(tmp)
     except ImageError as e:
         tmp.unlink(missing_ok=True)
         raise StorageError(str(e)) from None
@@ -86,7 +86,7 @@ def copy(src: Path, dst: Path, fmt: str | None = None) -> None:
             with open_image(str(tmp), out_fmt, backing=False) as d:
                 copy_image(s, d)
                 d.flush()
-        _sync(tmp)
+        fsync_path(tmp)
     except ImageError as e:
         tmp.unlink(missing_ok=True)
         raise StorageError(str(e)) from None
@@ -105,11 +105,3 @@ def resize(path: Path, size: int, shrink: bool = False) -> None:
             img.flush()
     except ImageError as e:
         raise StorageError(str(e)) from None
-
-
-def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,6 +17,7 @@ from kvmkit.manager.errors import OperationFailed
 from kvmkit.manager.rundir import RunDir
 from kvmkit.manager.vmmlink import qmp
 
+RUNNING_REASONS = ("booted", "unpaused", "restored", "from snapshot", "migrated")
 QMP_STATE = {"running": "running", "paused": "paused", "prelaunch": "paused", "shutdown": "in shutdown",
              "internal-error": "paused", "guest-panicked": "paused"}
 
@@ -34,6 +35,7 @@ class DomainInfo:
     autostart: bool
     definition: DomainDef            # the live one while running
     pid: int | None = None
+    managed_save: bool = False       # a managedsave state waits for the next start
 
     @property
     def active(self) -> bool:
@@ -68,7 +70,7 @@ def live_info(rd: RunDir, persistent: bool, autostart: bool, config: DomainDef |
         state = QMP_STATE.get(qstate, "running")
         if state == "paused":
             reason = status.get("pause_reason", "user")
-        elif reason not in ("booted", "unpaused"):
+        elif reason not in RUNNING_REASONS:
             reason = "booted"
     except OperationFailed:
         pass                                  # starting up, or hung: still running as far as we know

@@ -75,6 +75,16 @@ def vmm_argv(d: DomainDef, rd: RunDir, live: LiveValues) -> list[str]:
     return argv
 
 
+def restore_argv(d: DomainDef, rd: RunDir, state: Path, paused: bool) -> list[str]:
+    """``kvmkit run --restore STATE`` for ``d``: the machine (disks, NICs,
+    vsock) comes from the saved state; sockets and the exit file are this run's."""
+    _no_comma(str(state))
+    argv = [sys.executable, "-m", "kvmkit.cli.main", "run", "--restore", str(state),
+            "--qmp", f"unix:{rd.qmp_socket.name},server,wait=off", "--exit-file", rd.exit_file.name,
+            "--serial", _serial(d, rd)]
+    return argv + (["--paused"] if paused else [])
+
+
 def _serial(d: DomainDef, rd: RunDir) -> str:
     if d.serial is None:
         return "null"

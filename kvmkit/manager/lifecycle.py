@@ -14,16 +14,20 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from kvmkit.manager import files
 from kvmkit.manager.domain import DomainDef
 from kvmkit.manager.domain_xml import domain_xml
 from kvmkit.manager.errors import OperationFailed, OperationInvalid, StorageError
-from kvmkit.manager.launch import LiveValues, claim, spawn, vmm_argv, wait_ready
+from kvmkit.manager.launch import LiveValues, claim, restore_argv, spawn, vmm_argv, wait_ready
 from kvmkit.manager.locks import locked
 from kvmkit.manager.rundir import RunDir
 from kvmkit.manager.statedir import StateDir
 from kvmkit.manager.vmmlink import qmp
+
+if TYPE_CHECKING:
+    from kvmkit.manager.vmstate import SavedState
 
 DESTROY_GRACE = 10.0            # SIGTERM, then SIGKILL after this long (libvirt's virsh destroy)
 VSOCK_AUTO_BASE = 3             # an auto CID is 3 + the domain id: unique among running domains
@@ -49,8 +53,13 @@ def next_domain_id(sd: StateDir) -> int:
     return ident
 
 
-def start(sd: StateDir, d: DomainDef, persistent: bool) -> int:
-    """Start ``d``'s VMM (caller holds the domain lock); returns the domain id."""
+def start(sd: StateDir, d: DomainDef, persistent: bool, restore: "SavedState | None" = None,
+          reason: str = "booted", paused: bool = False) -> int:
+    """Start ``d``'s VMM (caller holds the domain lock); returns the domain id.
+    With ``restore``, the VMM continues from that saved state instead of
+    booting (``reason`` then says why: restored, from snapshot, migrated;
+    whether it is paused is the state's).  ``paused``: boot with the vCPUs
+    stopped before their first instruction (``virsh start --paused``)."""
     check_host_files(d)
     bridges = _bridges(sd, d)
     rd = RunDir(sd.run_dir(d.name))
@@ -58,12 +67,18 @@ def start(sd: StateDir, d: DomainDef, persistent: bool) -> int:
     try:
         rd.clear()
         ident = next_domain_id(sd)
-        live = LiveValues(ident, _vsock_cid(d, ident), tuple(_tap_name(d, ident, i) for i in range(len(d.interfaces))),
-                          bridges)
-        argv = vmm_argv(d, rd, live)
+        if restore is None:
+            live = LiveValues(ident, _vsock_cid(d, ident),
+                              tuple(_tap_name(d, ident, i) for i in range(len(d.interfaces))), bridges)
+            argv = vmm_argv(d, rd, live) + (["--paused"] if paused else [])
+        else:           # the saved machine keeps its CID and taps, and its taps rejoin their bridges
+            saved = restore.live
+            live = LiveValues(ident, saved.vsock.cid if saved.vsock else None,
+                              tuple(i.target for i in saved.interfaces), bridges)
+            argv = restore_argv(d, rd, restore.path, restore.paused)
         files.atomic_write(rd.live_xml, domain_xml(d, domain_id=ident, vsock_cid=live.vsock_cid, taps=live.taps))
         files.write_json(rd.status_file, {"id": ident, "phase": "starting", "persistent": persistent,
-                                          "reason": "booted", "started": time.time()})
+                                          "reason": reason, "started": time.time(), "pause_reason": "user"})
         log = sd.log(d.name)
         pid = spawn(argv, rd, log, lock_fd)
     finally:
@@ -75,7 +90,7 @@ def start(sd: StateDir, d: DomainDef, persistent: bool) -> int:
         _kill(rd, pid)
         raise
     rd.update_status(phase="running")
-    _after_start(d, rd, live)
+    _after_start(d, rd, live, restored=restore is not None)
     return ident
 
 
@@ -109,8 +124,8 @@ def _bridges(sd: StateDir, d: DomainDef) -> tuple[str | None, ...]:
     return tuple(out)
 
 
-def _after_start(d: DomainDef, rd: RunDir, live: LiveValues) -> None:
-    if d.balloon and d.current_memory < d.memory:
+def _after_start(d: DomainDef, rd: RunDir, live: LiveValues, restored: bool = False) -> None:
+    if d.balloon and d.current_memory < d.memory and not restored:     # a restored balloon keeps its target
         qmp(rd.qmp_socket, "balloon", {"value": d.current_memory})
 
 

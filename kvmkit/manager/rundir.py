@@ -22,6 +22,8 @@ from kvmkit.manager.locks import is_locked
 # exit.json's reason (kvmkit.vmm.api.ExitReason) → libvirt's shut-off reason
 SHUTOFF_REASON = {"poweroff": "shutdown", "reboot": "shutdown", "host-quit": "destroyed",
                   "triple-fault": "crashed", "error": "crashed"}
+# what the manager stopped a VMM for (status.json's "stopping") → libvirt's shut-off reason
+STOPPED_FOR = {"destroy": "destroyed", "save": "saved", "migrate": "migrated", "snapshot": "from snapshot"}
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,11 @@ class RunDir:
         if status.get("failed") or (status.get("phase") == "starting" and not self.pid_file.exists()):
             return "failed"
         stopping = status.get("stopping")
+        if stopping in STOPPED_FOR:
+            return STOPPED_FOR[stopping]
         end = files.read_json(self.exit_file)
         if end is None:
-            # killed before it could say anything; unless we killed it
-            return "destroyed" if stopping == "destroy" else "crashed"
-        if stopping == "destroy":
-            return "destroyed"
+            return "crashed"        # killed before it could say anything
         return SHUTOFF_REASON.get(end.get("reason"), "crashed")
 
     def end_record(self) -> dict | None:

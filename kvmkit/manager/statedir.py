@@ -32,7 +32,7 @@ from pathlib import Path
 
 from kvmkit.manager.errors import StorageError
 
-SUBDIRS = ("domains", "autostart", "run", "log", "locks", "pools", "snapshots", "journal")
+SUBDIRS = ("domains", "autostart", "run", "log", "locks", "pools", "snapshots", "journal", "save")
 # libvirt's URIs, so `virsh -c qemu:///system` habits keep working
 URIS = {"qemu:///system": "/var/lib/kvmkit", "kvmkit:///system": "/var/lib/kvmkit"}
 
@@ -109,6 +109,10 @@ class StateDir:
 
     def domain_lock(self, name: str) -> Path:
         return self.root / "locks" / f"{name}.lock"
+
+    def managed_save(self, name: str) -> Path:
+        """The domain's managedsave state (a directory, see :mod:`vmstate`)."""
+        return self.root / "save" / name
 
     def snapshot_dir(self, name: str) -> Path:
         return self.root / "snapshots" / name

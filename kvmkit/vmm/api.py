@@ -79,6 +79,13 @@ class VmControl(Protocol):
     def query_block(self) -> list[dict[str, Any]]:
         """QMP query-block entries for the VM's disks."""
 
+    def internal_disk_snapshot(self, device: str, name: str, delete: bool = False) -> None:
+        """Create (or delete) a qcow2 internal snapshot in one open disk."""
+
+    def savevm(self, directory: str, name: str) -> Any:
+        """The VM state into ``directory`` and the internal snapshot ``name``
+        in every writable disk, in one paused moment (a SnapshotInfo)."""
+
     def query_balloon(self) -> dict[str, Any] | None:
         """``{"actual": guest RAM bytes minus the balloon}``; None without a balloon device."""
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from kvmkit.block import create_image, open_image
-from kvmkit.manager.errors import NotSupportedYet, OperationFailed, OperationInvalid
+from kvmkit.manager.errors import OperationFailed, OperationInvalid
 
 from .helpers import tiny_xml
 
@@ -121,14 +121,14 @@ def test_snapshot_revert_restores_the_disks(host, idle, tmp_path):
     host.undefine("s")
 
 
-def test_snapshots_need_qcow2_and_a_stopped_domain(host, idle, tmp_path):
+def test_snapshots_need_qcow2_disks(host, idle, tmp_path):
     host.define(tiny_xml("r", idle, disks=(_disk(tmp_path / "r.raw", fmt="raw"),)))
     with pytest.raises(OperationInvalid, match="needs qcow2, it is raw"):
         host.snapshot_create("r", "s")
-    host.define(tiny_xml("q", idle, disks=(_disk(tmp_path / "q.qcow2"),)))
-    host.start("q")
-    with pytest.raises(NotSupportedYet, match="issue 9"):
-        host.snapshot_create("q", "s")
+    host.start("r")                                   # running: refused before the guest is paused
+    with pytest.raises(OperationInvalid, match="needs qcow2, it is raw"):
+        host.snapshot_create("r", "s")
+    assert host.lookup("r").state == "running" and host.snapshots("r") == []
 
 
 def test_auto_vsock_cid_is_decided_at_start(host, idle):

@@ -1,8 +1,9 @@
-"""The manager SIGKILLed at random points of define, start, clone and
-snapshot-create-as (the CLI as a subprocess, killed after a random delay,
-many times): afterwards every domain, disk and snapshot is either fully
-there or not there, ``list --all`` says so, and the consistency check
-passes.  And the other way round: a VMM SIGKILLed is reported
+"""The manager SIGKILLed at random points of define, start, clone,
+snapshot-create-as (of shut-off and of running domains) and managedsave
+(the CLI as a subprocess, killed after a random delay, many times):
+afterwards every domain, disk, snapshot and saved state is either fully
+there or not there, ``list --all`` says so, a guest the killed command
+paused runs again, and the consistency check passes.  And the other way round: a VMM SIGKILLed is reported
 ``shut off (crashed)``, and a VMM outlives the manager that started it."""
 
 from __future__ import annotations
@@ -160,6 +161,55 @@ def test_killed_snapshot_create(cli, host, idle, tmp_path):
     # 3 = leaked clusters only: what a kill between a refcount update and
     # the table write leaves (QEMU's qcow2 does the same); no corruption.
     assert res.returncode in (0, 3) and "corrupt" not in res.stdout.lower(), res.stdout + res.stderr
+
+
+def _disk_snapshots(path: Path) -> set[str]:
+    out = subprocess.run(["qemu-img", "snapshot", "-U", "-l", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split()[1] for line in out.splitlines()[2:] if line.strip()}
+
+
+def test_killed_snapshot_create_of_a_running_domain(cli, host, idle, tmp_path):
+    from kvmkit.manager.vmstate import open_state
+    disk = tmp_path / "live.qcow2"
+    create_image(str(disk), "qcow2", 16 << 20)
+    host.define(tiny_xml("lv", idle, disks=(str(disk),)))
+    host.start("lv")
+    cost = cli.timed("snapshot-create-as", "lv", "probe")
+    for i in range(ROUNDS):
+        cli.killed(("snapshot-create-as", "lv", f"s{i}"), _delay(cost, cli.startup))
+        assert_consistent(host)                                 # waits for the VMM, undoes or keeps
+        listed = set(cli.run("snapshot-list", "lv", "--name").stdout.split())
+        assert listed == _disk_snapshots(disk)                  # metadata and the open disk agree
+        folder = host.sd.snapshot_dir("lv")
+        assert sorted(p.name for p in folder.glob("*.state*")) == sorted(f"{n}.state" for n in listed)
+        for name in listed:
+            open_state(folder / f"{name}.state")                # every kept state is complete
+        assert cli.run("domstate", "lv").stdout.strip() == "running"     # never left paused
+    host.destroy("lv")
+    res = subprocess.run(["qemu-img", "check", str(disk)], capture_output=True, text=True)
+    assert res.returncode in (0, 3) and "corrupt" not in res.stdout.lower(), res.stdout + res.stderr
+
+
+def test_killed_managedsave(cli, host, idle, tmp_path):
+    from kvmkit.manager.vmstate import open_state
+    host.define(tiny_xml("ms", idle))
+    host.start("ms")
+    cost = cli.timed("managedsave", "ms")
+    for _ in range(ROUNDS):
+        if not host.lookup("ms").active:
+            host.start("ms")                                    # continues the managed save
+        cli.killed(("managedsave", "ms"), _delay(cost, cli.startup))
+        assert_consistent(host)                                 # a complete save ends the VMM
+        state = cli.run("domstate", "--reason", "ms").stdout.strip()
+        managed = host.sd.managed_save("ms")
+        if state in ("running (booted)", "running (restored)"):
+            assert not managed.exists()
+        else:
+            assert state == "shut off (saved)", state
+            open_state(managed)                                 # complete, or it would not be there
+        assert not [p for p in host.sd.sub("save").iterdir() if p != managed]   # no half-written state
+    assert cli.names() == ["ms"]
 
 
 def test_a_killed_vmm_is_shut_off_crashed(cli, host, idle):

@@ -141,13 +141,6 @@ def test_transient_domain_from_create(tmp_path, idle, virsh):
     assert virsh("-q", "list", "--all", "--name").stdout == ""               # gone once it stopped
 
 
-def test_state_commands_say_they_wait_for_issue_9(defined, virsh, tmp_path):
-    for args in (("save", "c1", str(tmp_path / "s")), ("restore", str(tmp_path / "s")), ("managedsave", "c1"),
-                 ("migrate", "c1", "kvmkit:///elsewhere")):
-        res = virsh(*args)
-        assert res.returncode == 1 and "error: not supported yet: needs VM state save (issue 9)" in res.stderr
-
-
 def test_qemu_monitor_command_passes_qmp_through(defined, virsh):
     virsh("start", "c1", check=True)
     res = virsh("-q", "qemu-monitor-command", "c1", "--pretty", '{"execute": "query-name"}')
