@@ -21,6 +21,8 @@ class RunState(str, enum.Enum):
     SHUTDOWN = "shutdown"
     INTERNAL_ERROR = "internal-error"
     GUEST_PANICKED = "guest-panicked"
+    POSTMIGRATE = "postmigrate"  # migrated away: stopped here, running on the destination
+    INMIGRATE = "inmigrate"      # waiting for an incoming migration stream
 
 
 class ExitReason(str, enum.Enum):
@@ -87,6 +89,11 @@ class VmControl(Protocol):
 
     def query_stats(self) -> dict[str, Any]:
         """kvmkit's counters: exits, and what host-compat completed in the VMM."""
+
+    @property
+    def migration(self) -> Any:
+        """The VM's :class:`kvmkit.vmm.migration.source.MigrationControl`
+        (start, query, cancel a migration; its parameters)."""
 
     def save_snapshot(self, directory: str) -> Any:
         """Write the whole VM into ``directory`` (a running VM pauses for the

@@ -63,9 +63,11 @@ class Machine:
     :meth:`start`, :meth:`wait` and :meth:`close`."""
 
     def __init__(self, config: VmConfig, *, compat: hostcompat.HostCompat | None = None,
-                 restore: "Snapshot | None" = None, shared_memory: bool = False) -> None:
+                 restore: "Snapshot | None" = None, shared_memory: bool = False,
+                 incoming: bool = False) -> None:
         self.config = config
         self._restore_from = restore
+        self._incoming = incoming          # RAM and state arrive later (a migration stream)
         self._shared_memory = shared_memory
         self.name = config.name
         self.uuid = config.uuid
@@ -88,6 +90,8 @@ class Machine:
         self.coalesced = None
         self.threads: list[VcpuThread] = []
         self.virtio_devices: list[Any] = []
+        self._migration = None
+        self._dirty_tracker = None
         install_kick_handler()
         self.console = Console(config.serial, on_quit=self.quit)
         try:
@@ -158,7 +162,7 @@ class Machine:
         self.completer = InstructionCompleter(self.memory, self.compat.complete_int3,
                                               self.compat.complete_clac_stac, self.syscall_trap)
         self._initial_devices = self._device_states()
-        if self._restore_from is None:
+        if self._restore_from is None and not self._incoming:
             self._load_guest()
         self._create_vcpus()
         if self.kvm.check_extension(Cap.COALESCED_PIO):
@@ -249,6 +253,22 @@ class Machine:
         finally:
             if was_running:
                 self.resume()
+
+    @property
+    def dirty_tracker(self):
+        """Dirty-page tracking (KVM's log + the VMM's writes) for migration and diff snapshots."""
+        if self._dirty_tracker is None:
+            from kvmkit.vmm.migration.dirty import DirtyTracker
+            self._dirty_tracker = DirtyTracker(self)
+        return self._dirty_tracker
+
+    @property
+    def migration(self):
+        """This VM's outgoing migration (QMP migrate, query-migrate, migrate_cancel, parameters)."""
+        if self._migration is None:
+            from kvmkit.vmm.migration.source import MigrationControl
+            self._migration = MigrationControl(self)
+        return self._migration
 
     def _quiesced_devices(self):
         """Hold every virtio device's lock while its rings are captured, so
@@ -494,7 +514,7 @@ class Machine:
         self._emit("STOP")
 
     def resume(self) -> None:
-        if self._state != RunState.PAUSED:
+        if self._state not in (RunState.PAUSED, RunState.POSTMIGRATE):
             return
         if self._paused_clock is not None:
             self.vm.set_clock(self._paused_clock)
