@@ -97,7 +97,12 @@ class StreamReader:
         self._src = source
         self.where = where
         self.bytes = 0
-        head = self._read(len(MAGIC) + 4, "the stream header")
+        try:
+            head = self._read(len(MAGIC) + 4, "the stream header")
+        except StreamError:
+            if not MAGIC.startswith(bytes(self._partial)):
+                raise StreamError(f"{where}: not a kvmkit migration stream") from None
+            raise
         if head[:len(MAGIC)] != MAGIC:
             raise StreamError(f"{where}: not a kvmkit migration stream")
         (version,) = struct.unpack("<I", head[len(MAGIC):])
@@ -108,12 +113,15 @@ class StreamReader:
     def _read(self, n: int, what: str) -> bytearray:
         buf = bytearray(n)
         view, got = memoryview(buf), 0
+        self._partial = buf
         while got < n:
             try:
                 k = self._src.readinto(view[got:])
             except OSError as exc:
                 raise StreamError(f"{self.where}: reading {what}: {exc.strerror or exc}") from None
             if not k:
+                view.release()
+                del buf[got:]
                 raise StreamError(f"{self.where}: the stream ends early, in {what} "
                                   f"(after {self.bytes + got} bytes: truncated, or the source went away)")
             got += k
