@@ -103,7 +103,12 @@ def test_two_processes_over_tcp_with_qemu_qmp(tiny_guest, tmp_path, procs):
         await qmp.disconnect()
         wait_for(dst_qmp, dst)
         d = await connect("dst", dst_qmp)
-        assert (await d.execute("query-status"))["status"] == "running"
+        for _ in range(100):                       # the monitor opens just before the vCPUs start
+            status = (await d.execute("query-status"))["status"]
+            if status != "prelaunch":
+                break
+            await asyncio.sleep(0.02)
+        assert status == "running"
         first = await r8(d)
         await asyncio.sleep(0.5)
         later = await r8(d)
@@ -132,8 +137,14 @@ def test_kvmkit_migrate_cli_and_a_killed_destination(tiny_guest, tmp_path, procs
     wait_for(sock, dst)
     mig = subprocess.Popen([*KVMKIT, "migrate", "--qmp", str(src_qmp), "--max-bandwidth", "4M", f"unix:{sock}"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
-    os.kill(dst.pid, signal.SIGKILL)
+    from kvmkit.monitor.address import parse_qmp_address
+    from kvmkit.monitor.client import QmpClient
+    deadline = time.monotonic() + 30
+    with QmpClient(parse_qmp_address(f"unix:{src_qmp}")) as client:
+        while client.command("query-migrate").get("ram", {}).get("transferred", 0) < 1 << 20:
+            assert time.monotonic() < deadline and mig.poll() is None, mig.communicate()
+            time.sleep(0.05)
+    os.kill(dst.pid, signal.SIGKILL)                   # mid-stream: 1 of ~12 MiB sent
     out, err = mig.communicate(timeout=60)
     assert mig.returncode == 1, (out, err)
     assert "the destination closed the connection" in err and "keeps running" in err, err

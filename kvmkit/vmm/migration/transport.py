@@ -62,6 +62,7 @@ class Outgoing:
         self._sock: socket.socket | None = None
         self._file: BinaryIO | None = None
         self._proc: subprocess.Popen | None = None
+        self.finished = False
         try:
             if uri.scheme == "file":
                 self._file = open(uri.target, "wb")
@@ -85,10 +86,13 @@ class Outgoing:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
 
     def write(self, data: bytes | memoryview) -> None:
-        if self._sock is not None:
-            self._sock.sendall(data)
+        sock, f = self._sock, self._file
+        if sock is not None:
+            sock.sendall(data)
+        elif f is not None:
+            f.write(data)
         else:
-            self._file.write(data)
+            raise ConnectionAbortedError("the migration was stopped")
 
     def finish(self, timeout: float = 30.0) -> None:
         """Everything is written: make it durable (file), or wait for the
@@ -119,28 +123,30 @@ class Outgoing:
             if text != "OK":
                 why = text[4:] if text.startswith("ERR ") else "it closed the connection without starting"
                 raise ConfigError(f"the destination refused the stream: {why}")
+        self.finished = True
 
     def abort(self) -> None:
-        """Stop now (cancel, fault): unblocks a writer stuck in send."""
-        if self._sock is not None:
+        """Stop now (cancel, fault): unblocks a writer stuck in send.  Safe to
+        call from two threads at once (a cancel racing the job's own cleanup)."""
+        sock, self._sock = self._sock, None
+        f, self._file = self._file, None
+        proc, self._proc = self._proc, None
+        if sock is not None:
             try:
-                self._sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            self._sock.close()
-            self._sock = None
-        if self._file is not None:
+            sock.close()
+        if f is not None:
             try:
-                self._file.close()
-            except OSError:
+                f.close()
+            except (OSError, ValueError):
                 pass
-            self._file = None
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-        if self.uri.scheme == "file":
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        if self.uri.scheme == "file" and not self.finished:
             try:
                 os.unlink(self.uri.target)       # no half-written stream left for a restore to trip on
             except OSError:
@@ -164,8 +170,10 @@ class Incoming:
                     os.unlink(uri.target)
                 self._bound = uri.target
                 self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._listener.bind(uri.target)
+                tmp = f"{uri.target}.{os.getpid()}.tmp"
+                self._listener.bind(tmp)
                 self._listener.listen(1)
+                os.rename(tmp, uri.target)        # the path appears only once it accepts
             elif uri.scheme == "tcp":
                 host = "0.0.0.0" if uri.host in ("0", "") else uri.host
                 self._listener = socket.socket(_tcp_family(host), socket.SOCK_STREAM)
