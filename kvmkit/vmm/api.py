@@ -95,6 +95,7 @@ class VmControl(Protocol):
         """The VM's :class:`kvmkit.vmm.migration.source.MigrationControl`
         (start, query, cancel a migration; its parameters)."""
 
-    def save_snapshot(self, directory: str) -> Any:
+    def save_snapshot(self, directory: str, diff_from: str | None = None) -> Any:
         """Write the whole VM into ``directory`` (a running VM pauses for the
-        copy and continues); returns a :class:`kvmkit.vmm.snapshot.SnapshotInfo`."""
+        copy and continues), or only the pages dirtied since ``diff_from``
+        (the VM's last snapshot); returns a :class:`kvmkit.vmm.snapshot.SnapshotInfo`."""

@@ -92,6 +92,7 @@ class Machine:
         self.virtio_devices: list[Any] = []
         self._migration = None
         self._dirty_tracker = None
+        self._snapshot_lineage = None      # last snapshot + pages dirtied since (diff snapshots)
         install_kick_handler()
         self.console = Console(config.serial, on_quit=self.quit)
         try:
@@ -118,9 +119,7 @@ class Machine:
         vm.create_irqchip()
         vm.create_pit2()
         if self._restore_from is not None:
-            snap = self._restore_from
-            self.memory = GuestMemory.from_file(str(snap.memory_path), snap.memory_layout(),
-                                                shared=self._shared_memory)
+            self.memory = self._restore_from.map_memory(self._shared_memory)
         else:
             self.memory = GuestMemory.anonymous(layout.ram_layout(cfg.memory))
         for r in self.memory.regions:
@@ -235,11 +234,13 @@ class Machine:
         if self.syscall_trap is not None and compat.get("syscall-trap"):
             self.syscall_trap.load_state(compat["syscall-trap"])
 
-    def save_snapshot(self, directory: str | os.PathLike) -> "SnapshotInfo":
-        """Write the whole VM into ``directory`` (see :mod:`kvmkit.vmm.snapshot`).
-        A running VM is paused for the copy and then continues; a paused one
-        stays paused."""
-        from kvmkit.vmm.snapshot import save
+    def save_snapshot(self, directory: str | os.PathLike,
+                      diff_from: str | os.PathLike | None = None) -> "SnapshotInfo":
+        """Write the whole VM into ``directory`` (see :mod:`kvmkit.vmm.snapshot`),
+        or with ``diff_from`` (the VM's last snapshot) only the pages dirtied
+        since (:mod:`kvmkit.vmm.snapshot_diff`).  A running VM is paused for
+        the copy and then continues; a paused one stays paused."""
+        from kvmkit.vmm.snapshot_diff import save_tracked
         if self._done.is_set():
             raise GuestError("the VM has ended: nothing to snapshot")
         was_running = self._state == RunState.RUNNING
@@ -249,7 +250,7 @@ class Machine:
             pass                    # never started: the build state is the state
         try:
             with self._quiesced_devices():
-                return save(self, directory)
+                return save_tracked(self, directory, diff_from)
         finally:
             if was_running:
                 self.resume()
