@@ -72,6 +72,7 @@ def receive(incoming: Incoming, **overrides: Any) -> Arrival:
         user_paused = bool(overrides.pop("start_paused", False))
         config = config_from_record(rec["config"], rec["host-compat"], **overrides)
         machine = Machine(config, compat=hostcompat.resolve(config.host_compat), incoming=True)
+        incoming.ready()
         mem = machine.memory
         pages = 0
         body: dict[str, Any] | None = None

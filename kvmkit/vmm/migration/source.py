@@ -16,6 +16,7 @@ left paused by surprise.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -36,7 +37,11 @@ PAGE = st.PAGE
 MAX_PASSES = 30             # a guest dirtying faster than the link stops converging: stop anyway
 RUN_PAGES = 64              # pages per RAM section (256 KiB)
 SCAN = 256 << 10            # first pass: zero detection granularity
-_ZERO = bytes(SCAN)
+_ZERO_BUF = ctypes.create_string_buffer(SCAN)
+_ZERO_ADDR = ctypes.addressof(_ZERO_BUF)
+_memcmp = ctypes.CDLL(None).memcmp
+_memcmp.restype = ctypes.c_int
+_memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 FINISHED = ("completed", "failed", "cancelled")
 
 
@@ -189,7 +194,8 @@ class MigrationControl:
                 m._emit("MIGRATION_PASS", {"pass": job.passes})
                 pages = self._harvest(dirty)
                 self._measure(job, t, len(pages))
-            # ---- stop and copy
+            # ---- stop and copy, once the destination has built its machine
+            out.wait_ready()
             running = m.state == RunState.RUNNING
             t_stop = time.monotonic()
             if running:
@@ -214,14 +220,18 @@ class MigrationControl:
             self._set_status(job, "completed")
         except BaseException as exc:  # noqa: BLE001 - every fault must leave the source as it was
             cancelled = self._cancel.is_set()
+            why = None
             if self._out is not None:
+                if isinstance(exc, OSError) and not cancelled:
+                    why = self._out.refusal()
                 self._out.abort()
             if dirty is not None:
                 dirty.close()
             if paused_here:
                 m.resume()
             job.end = time.monotonic()
-            job.error = "migration cancelled" if cancelled else _describe(exc, job.uri)
+            job.error = ("migration cancelled" if cancelled else
+                         f"the destination refused the stream: {why}" if why else _describe(exc, job.uri))
             if not cancelled:
                 log.warning("migration to %s failed: %s", job.uri, job.error)
             self._set_status(job, "cancelled" if cancelled else "failed")
@@ -245,21 +255,19 @@ class MigrationControl:
         """Every page that is not zero (the destination's RAM starts zeroed)."""
         scanned = 0
         for r in self._m.memory.regions:
-            view = memoryview(r.mapping)
-            try:
-                for off in range(0, r.size, SCAN):
-                    chunk = view[off:off + SCAN]
-                    n = len(chunk) // PAGE
-                    if chunk == _ZERO[:len(chunk)]:
-                        job.duplicate += n
-                    else:
-                        writer.ram(r.guest_phys_addr + off, chunk)
-                        job.normal_pages += n
-                        job.ram_sent += len(chunk)
-                    scanned += len(chunk)
-                    job.remaining = job.total - scanned
-            finally:
-                view.release()
+            base = ctypes.addressof(ctypes.c_char.from_buffer(r.mapping))
+            for off in range(0, r.size, SCAN):
+                size = min(SCAN, r.size - off)
+                n = size // PAGE
+                if _memcmp(base + off, _ZERO_ADDR, size) == 0:   # no copy of untouched RAM
+                    job.duplicate += n
+                else:
+                    chunk = r.mapping[off:off + size]
+                    writer.ram(r.guest_phys_addr + off, chunk)
+                    job.normal_pages += n
+                    job.ram_sent += size
+                scanned += size
+                job.remaining = job.total - scanned
 
     def _send_pages(self, writer: st.StreamWriter, job: Job, pages: set[int]) -> None:
         mem = self._m.memory

@@ -81,10 +81,11 @@ class StreamWriter:
     def json(self, kind: int, obj: Any) -> None:
         self.section(kind, _json(obj))
 
-    def ram(self, gpa: int, pages: memoryview) -> None:
+    def ram(self, gpa: int, pages: bytes | memoryview) -> None:
         # A copy: the guest keeps writing these pages, and the checksum must
         # cover the bytes that are sent (a later pass sends the newer ones).
-        self.section(RAM, struct.pack("<Q", gpa), bytes(pages))
+        data = pages if isinstance(pages, bytes) else bytes(pages)
+        self.section(RAM, struct.pack("<Q", gpa), data)
 
     def zero(self, gpa: int, npages: int) -> None:
         self.section(ZERO, struct.pack("<QI", gpa, npages))
@@ -117,6 +118,9 @@ class StreamReader:
         while got < n:
             try:
                 k = self._src.readinto(view[got:])
+            except ConnectionResetError:
+                raise StreamError(f"{self.where}: the stream ends early, in {what} (after {self.bytes + got} "
+                                  "bytes: the source reset the connection)") from None
             except OSError as exc:
                 raise StreamError(f"{self.where}: reading {what}: {exc.strerror or exc}") from None
             if not k:

@@ -94,6 +94,51 @@ class Outgoing:
         else:
             raise ConnectionAbortedError("the migration was stopped")
 
+    def _line(self, timeout: float) -> str:
+        self._sock.settimeout(timeout)
+        line = b""
+        try:
+            while not line.endswith(b"\n"):
+                chunk = self._sock.recv(1)
+                if not chunk:
+                    break
+                line += chunk
+        except socket.timeout:
+            raise ConfigError(f"{self.uri}: the destination did not answer in {timeout:g} s") from None
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(None)
+        return line.decode(errors="replace").strip()
+
+    def refusal(self) -> str | None:
+        """After a failed send: the reason the destination gave, if it sent one."""
+        sock = self._sock
+        if sock is None:
+            return None
+        try:
+            sock.settimeout(0.5)
+            data = b""
+            while len(data) < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        for line in data.decode(errors="replace").splitlines():
+            if line.startswith("ERR "):
+                return line[4:]
+        return None
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Before the source stops: wait until the destination has built its
+        machine (it says ``READY``), so that build is not part of the downtime."""
+        if self._sock is None:
+            return
+        text = self._line(timeout)
+        if text != "READY":
+            raise ConfigError(f"the destination refused the stream: {_refusal(text)}")
+
     def finish(self, timeout: float = 30.0) -> None:
         """Everything is written: make it durable (file), or wait for the
         destination to say it runs (sockets); raise OSError/ConfigError if not."""
@@ -109,20 +154,9 @@ class Outgoing:
                 raise ConfigError(f"{self.uri}: the command exited with status {rc}")
         if self._sock is not None:
             self._sock.shutdown(socket.SHUT_WR)
-            self._sock.settimeout(timeout)
-            answer = b""
-            try:
-                while not answer.endswith(b"\n"):
-                    chunk = self._sock.recv(4096)
-                    if not chunk:
-                        break
-                    answer += chunk
-            except socket.timeout:
-                raise ConfigError(f"{self.uri}: the destination did not answer in {timeout:g} s") from None
-            text = answer.decode(errors="replace").strip()
+            text = self._line(timeout)
             if text != "OK":
-                why = text[4:] if text.startswith("ERR ") else "it closed the connection without starting"
-                raise ConfigError(f"the destination refused the stream: {why}")
+                raise ConfigError(f"the destination refused the stream: {_refusal(text)}")
         self.finished = True
 
     def abort(self) -> None:
@@ -151,6 +185,10 @@ class Outgoing:
                 os.unlink(self.uri.target)       # no half-written stream left for a restore to trip on
             except OSError:
                 pass
+
+
+def _refusal(text: str) -> str:
+    return text[4:] if text.startswith("ERR ") else "it closed the connection without starting"
 
 
 class Incoming:
@@ -204,6 +242,14 @@ class Incoming:
             self._proc = subprocess.Popen(["/bin/sh", "-c", self.uri.target], stdout=subprocess.PIPE)
             self._file = self._proc.stdout
         return self._file
+
+    def ready(self) -> None:
+        """The machine is built: the source may stop the guest when it likes."""
+        if self._conn is not None:
+            try:
+                self._conn.sendall(b"READY\n")
+            except OSError:
+                pass
 
     def answer(self, ok: bool, why: str = "") -> None:
         if self._conn is None:
