@@ -26,6 +26,7 @@ class MemoryRegion:
     size: int
     mapping: mmap.mmap = field(repr=False)
     slot: int = 0
+    anonymous: bool = False      # untouched pages read as zero (not a file's contents)
 
     @property
     def end(self) -> int:
@@ -73,7 +74,7 @@ class GuestMemory:
                 for r in regions:
                     r.mapping.close()
                 raise _ram_error(sum(s for _, s in layout), exc) from None
-            regions.append(MemoryRegion(gpa, size, m, slot))
+            regions.append(MemoryRegion(gpa, size, m, slot, anonymous=True))
         return cls(regions)
 
     @classmethod
