@@ -41,26 +41,40 @@ def failed(m, timeout: float = 30) -> str:
     return info["error-desc"]
 
 
-def test_destination_dies_mid_stream(src, tmp_path):
-    """A destination that reads 1 MiB and goes away."""
-    path = str(tmp_path / "d.sock")
+def fake_destination(path: str, behave) -> threading.Thread:
+    """A unix listener whose one connection ``behave(conn)`` handles, then closes."""
     lsock = socket.socket(socket.AF_UNIX)
     lsock.bind(path)
     lsock.listen(1)
 
-    def die():
+    def run():
         conn, _ = lsock.accept()
+        behave(conn)
+        conn.close()
+        lsock.close()
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def fail_against(src, tmp_path, behave, bandwidth: int) -> str:
+    """Migrate ``src`` to a fake destination; the error the source reports."""
+    path = str(tmp_path / "d.sock")
+    t = fake_destination(path, behave)
+    src.migration.set_parameters(max_bandwidth=bandwidth)
+    src.migration.start(f"unix:{path}")
+    why = failed(src)
+    t.join()
+    return why
+
+
+def test_destination_dies_mid_stream(src, tmp_path):
+    """A destination that reads 1 MiB and goes away."""
+    def die(conn):
         got = 0
         while got < 1 << 20:
             got += len(conn.recv(65536))
-        conn.close()
-    t = threading.Thread(target=die)
-    t.start()
-    src.migration.set_parameters(max_bandwidth=16 << 20)
-    src.migration.start(f"unix:{path}")
-    assert "the destination closed the connection" in failed(src)
-    t.join()
-    lsock.close()
+    assert "the destination closed the connection" in fail_against(src, tmp_path, die, 16 << 20)
 
 
 def _proxy(listen: socket.socket, target: tuple, cut_after: int) -> threading.Thread:
@@ -81,6 +95,17 @@ def _proxy(listen: socket.socket, target: tuple, cut_after: int) -> threading.Th
     t = threading.Thread(target=run)
     t.start()
     return t
+
+
+def fail_against(src, tmp_path, behave, bandwidth: int) -> str:
+    """Migrate ``src`` to a fake destination; the error the source reports."""
+    path = str(tmp_path / "d.sock")
+    t = fake_destination(path, behave)
+    src.migration.set_parameters(max_bandwidth=bandwidth)
+    src.migration.start(f"unix:{path}")
+    why = failed(src)
+    t.join()
+    return why
 
 
 def test_connection_cut(src):
@@ -185,22 +210,10 @@ def test_disk_full_while_saving(src, tmp_path):
 
 def test_refused_destination_and_bad_requests(src, tmp_path):
     """The destination refuses after the first bytes: the source hears why and runs on."""
-    path = str(tmp_path / "d.sock")
-    lsock = socket.socket(socket.AF_UNIX)
-    lsock.bind(path)
-    lsock.listen(1)
-
-    def refuse():
-        conn, _ = lsock.accept()
+    def refuse(conn):
         conn.recv(65536)
         conn.sendall(b"ERR kernel /nope: no such file\n")
-        conn.close()
-    t = threading.Thread(target=refuse)
-    t.start()
-    src.migration.set_parameters(max_bandwidth=4 << 30)
-    src.migration.start(f"unix:{path}")
-    assert "the destination refused the stream: kernel /nope" in failed(src)
-    t.join()
+    assert "the destination refused the stream: kernel /nope" in fail_against(src, tmp_path, refuse, 4 << 30)
     from kvmkit.errors import ConfigError
     with pytest.raises(ConfigError, match="expected file:PATH"):
         src.migration.start("ftp:x")
