@@ -97,17 +97,6 @@ def _proxy(listen: socket.socket, target: tuple, cut_after: int) -> threading.Th
     return t
 
 
-def fail_against(src, tmp_path, behave, bandwidth: int) -> str:
-    """Migrate ``src`` to a fake destination; the error the source reports."""
-    path = str(tmp_path / "d.sock")
-    t = fake_destination(path, behave)
-    src.migration.set_parameters(max_bandwidth=bandwidth)
-    src.migration.start(f"unix:{path}")
-    why = failed(src)
-    t.join()
-    return why
-
-
 def test_connection_cut(src):
     dest = Destination("tcp:127.0.0.1:0")
     listen = socket.create_server(("127.0.0.1", 0))
