@@ -702,6 +702,9 @@ class Machine:
 
     def close(self) -> None:
         """Stop the VM if it runs, and release everything."""
+        if self._migration is not None:
+            self._migration.cancel()          # a migration in flight ends (cancelled) first
+            self._migration.wait(10)
         if not self._done.is_set():
             self._finish(ExitReason.HOST_QUIT, {"guest": False, "reason": "host-qmp-quit"})
         for t in self.threads:
