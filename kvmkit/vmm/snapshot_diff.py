@@ -16,7 +16,6 @@ later state, and the diff directory is removed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time

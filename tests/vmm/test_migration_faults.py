@@ -12,7 +12,6 @@ import socket
 import struct
 import subprocess
 import threading
-import time
 import zlib
 
 import pytest

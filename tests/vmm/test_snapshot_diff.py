@@ -6,7 +6,6 @@ a base that is not the VM's last snapshot, or changed since, is refused."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
