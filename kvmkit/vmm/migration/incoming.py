@@ -72,7 +72,6 @@ def receive(incoming: Incoming, **overrides: Any) -> Arrival:
         user_paused = bool(overrides.pop("start_paused", False))
         config = config_from_record(rec["config"], rec["host-compat"], **overrides)
         machine = Machine(config, compat=hostcompat.resolve(config.host_compat), incoming=True)
-        incoming.ready()
         mem = machine.memory
         pages = 0
         body: dict[str, Any] | None = None
@@ -94,6 +93,8 @@ def receive(incoming: Incoming, **overrides: Any) -> Arrival:
                     mem.view(gpa, n * st.PAGE)[:] = bytes(n * st.PAGE)
                 except GuestMemoryError:
                     raise StreamError(f"{where}: zero pages at {gpa:#x} are outside this machine's memory") from None
+            elif kind == st.SYNC:
+                incoming.ready()
             elif kind == st.STATE:
                 body = reader.decode(payload)
             elif kind == st.END:

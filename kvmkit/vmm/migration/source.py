@@ -195,24 +195,32 @@ class MigrationControl:
                 pages = self._harvest(dirty)
                 self._measure(job, t, len(pages))
             # ---- stop and copy, once the destination has built its machine
+            # and caught up with what is in flight (no backlog in the downtime)
+            writer.section(st.SYNC)
             out.wait_ready()
             running = m.state == RunState.RUNNING
             t_stop = time.monotonic()
             if running:
                 m.pause()
                 paused_here = True
+            t_paused = time.monotonic()
             self._set_status(job, "device")
             w.unthrottled = True
             from kvmkit.vmm.snapshot import capture
             with m._quiesced_devices():
                 pages |= dirty.take()
                 self._send_pages(writer, job, pages)
+                t_pages = time.monotonic()
                 body = capture(m)
             writer.json(st.STATE, body)
             writer.json(st.END, {"running": running, "pages": job.normal_pages})
+            t_state = time.monotonic()
             job.remaining = 0
             out.finish()
             job.downtime = (time.monotonic() - t_stop) * 1000
+            log.info("stop and copy: pause %.1f ms, %d pages %.1f ms, state %.1f ms, destination %.1f ms",
+                     (t_paused - t_stop) * 1e3, len(pages), (t_pages - t_paused) * 1e3,
+                     (t_state - t_pages) * 1e3, (time.monotonic() - t_state) * 1e3)
             job.end = time.monotonic()
             dirty.close()
             dirty = None

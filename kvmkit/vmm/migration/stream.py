@@ -14,6 +14,9 @@ Sections, in stream order:
 ``RAM``     ``gpa (u64)`` then whole pages: a run of guest pages.
 ``ZERO``    ``gpa (u64) | pages (u32)``: a run of pages that are all zero.
 ``STATE``   JSON: the snapshot body (vCPUs, irqchip, clock, devices).
+``SYNC``    empty: the source is about to stop the guest; a destination
+            with a return path answers ``READY`` once it has applied all
+            that came before (so the stop waits for no backlog).
 ``END``     JSON: ``{"running": bool, "pages": N}`` -- the source's run
             state and how many pages it sent, a last consistency check.
 
@@ -34,8 +37,8 @@ from kvmkit.errors import ConfigError
 MAGIC = b"KVMKIT-MIGRATION\n"
 STREAM_VERSION = 1
 PAGE = 4096
-CONFIG, RAM, ZERO, STATE, END = 1, 2, 3, 4, 5
-NAMES = {CONFIG: "CONFIG", RAM: "RAM", ZERO: "ZERO", STATE: "STATE", END: "END"}
+CONFIG, RAM, ZERO, STATE, END, SYNC = 1, 2, 3, 4, 5, 6
+NAMES = {CONFIG: "CONFIG", RAM: "RAM", ZERO: "ZERO", STATE: "STATE", END: "END", SYNC: "SYNC"}
 _HEAD = struct.Struct("<BBHI")
 _CRC = struct.Struct("<I")
 MAX_SECTION = 64 << 20

@@ -83,7 +83,6 @@ class Outgoing:
             raise ConfigError(f"{uri}: {exc.strerror or exc}") from None
         if self._sock is not None:
             self._sock.settimeout(None)
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
 
     def write(self, data: bytes | memoryview) -> None:
         sock, f = self._sock, self._file
@@ -131,8 +130,9 @@ class Outgoing:
         return None
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Before the source stops: wait until the destination has built its
-        machine (it says ``READY``), so that build is not part of the downtime."""
+        """After a SYNC, before the source stops: wait until the destination
+        has built its machine and applied everything sent so far (it says
+        ``READY``), so neither is part of the downtime."""
         if self._sock is None:
             return
         text = self._line(timeout)
@@ -236,7 +236,6 @@ class Incoming:
             self._conn, _ = self._listener.accept()
             self._listener.close()
             self._listener = None
-            self._conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             self._file = self._conn.makefile("rb", buffering=1 << 20)
         elif self.uri.scheme == "exec":
             self._proc = subprocess.Popen(["/bin/sh", "-c", self.uri.target], stdout=subprocess.PIPE)
@@ -244,7 +243,7 @@ class Incoming:
         return self._file
 
     def ready(self) -> None:
-        """The machine is built: the source may stop the guest when it likes."""
+        """All before the source's SYNC is applied: it may stop the guest now."""
         if self._conn is not None:
             try:
                 self._conn.sendall(b"READY\n")
