@@ -10,7 +10,7 @@ import sys
 from kvmkit import __version__
 from kvmkit.errors import KvmkitError, describe_host_error
 
-SUBCOMMANDS = ("run", "snapshot", "guest", "img", "qmp", "virsh")
+SUBCOMMANDS = ("run", "snapshot", "migrate", "guest", "img", "qmp", "virsh")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

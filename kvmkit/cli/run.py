@@ -65,6 +65,11 @@ def add_parser(subparsers: Any) -> None:
                    help="start from a snapshot (kvmkit snapshot create) instead of booting: the machine, "
                         "kernel and devices come from it; --serial, --qmp, --paused still apply. Guest RAM "
                         "is mapped from DIR/memory copy-on-write, or written back to it with shared=on")
+    p.add_argument("--incoming", metavar="URI",
+                   help="wait for a migration stream and continue the VM it carries: tcp:HOST:PORT or "
+                        "unix:PATH (listen for the source's QMP migrate), file:PATH (a stream saved with "
+                        "migrate file:), exec:CMD (read the command's output). The machine comes from the "
+                        "stream, as with --restore; the QMP monitor opens once it has arrived")
     p.add_argument("--no-acpi", dest="acpi", action="store_false",
                    help="no ACPI tables or power-management ports (MP table only; "
                         "QMP system_powerdown then sends Ctrl-Alt-Del)")
@@ -126,15 +131,32 @@ def _restore_spec(text: str) -> tuple[str, bool]:
     return path, shared
 
 
-def _restored_machine(args: argparse.Namespace, serial):
-    from kvmkit.vmm.machine import Machine
+def _refuse_machine_options(args: argparse.Namespace, option: str, source: str) -> None:
     given = [o for o in MACHINE_OPTIONS if getattr(args, o) not in (None, [], False)]
     if given or args.cpus != 1:
         names = ", ".join("--" + o.replace("virtio_", "").replace("_", "-") for o in given + (
             ["cpus"] if args.cpus != 1 else []))
-        raise ConfigError(f"--restore takes the machine from the snapshot; {names} cannot be given with it")
+        raise ConfigError(f"{option} takes the machine from the {source}; {names} cannot be given with it")
+
+
+def _restored_machine(args: argparse.Namespace, serial):
+    from kvmkit.vmm.machine import Machine
+    _refuse_machine_options(args, "--restore", "snapshot")
     path, shared = _restore_spec(args.restore)
     return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused)
+
+
+def _incoming_machine(args: argparse.Namespace, serial):
+    from kvmkit.vmm.migration.incoming import receive
+    from kvmkit.vmm.migration.transport import Incoming, parse_uri
+    _refuse_machine_options(args, "--incoming", "migration stream")
+    incoming = Incoming(parse_uri(args.incoming))
+    where = f"tcp port {incoming.port}" if incoming.port else args.incoming
+    print(f"kvmkit: waiting for an incoming migration on {where}", file=sys.stderr, flush=True)
+    arrival = receive(incoming, serial=serial, start_paused=args.paused)
+    print(f"kvmkit: migration received ({arrival.pages * 4096 >> 20} MiB of RAM in "
+          f"{arrival.seconds:.2f} s)", file=sys.stderr, flush=True)
+    return arrival.machine
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -151,8 +173,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.qmp:
         from kvmkit.cli.qmp import parse_qmp_address
         qmp_addrs = [parse_qmp_address(q) for q in args.qmp]
+    if args.restore and args.incoming:
+        raise ConfigError("--restore and --incoming both say where the VM comes from: give one")
     if args.restore:
         return _run(args, _restored_machine(args, serial), qmp_addrs)
+    if args.incoming:
+        return _run(args, _incoming_machine(args, serial), qmp_addrs)
     kernel, initrd, cmdline = args.kernel, args.initrd, args.cmdline
     if kernel is None:
         if initrd is not None:

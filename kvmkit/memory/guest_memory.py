@@ -26,6 +26,7 @@ class MemoryRegion:
     size: int
     mapping: mmap.mmap = field(repr=False)
     slot: int = 0
+    anonymous: bool = False      # untouched pages read as zero (not a file's contents)
 
     @property
     def end(self) -> int:
@@ -55,6 +56,11 @@ class GuestMemory:
 
     def __init__(self, regions: list[MemoryRegion] | None = None) -> None:
         self._regions: list[MemoryRegion] = sorted(regions or [], key=lambda r: r.guest_phys_addr)
+        # While a migration or diff snapshot tracks writes: the guest page
+        # numbers (gpa >> 12) of every range handed out.  KVM's dirty log
+        # only sees the guest's own stores; the VMM's (virtio rings and
+        # buffers, the syscall trap) go through here.
+        self.dirty_pages: set[int] | None = None
 
     @classmethod
     def anonymous(cls, layout: list[tuple[int, int]]) -> "GuestMemory":
@@ -68,7 +74,7 @@ class GuestMemory:
                 for r in regions:
                     r.mapping.close()
                 raise _ram_error(sum(s for _, s in layout), exc) from None
-            regions.append(MemoryRegion(gpa, size, m, slot))
+            regions.append(MemoryRegion(gpa, size, m, slot, anonymous=True))
         return cls(regions)
 
     @classmethod
@@ -114,6 +120,9 @@ class GuestMemory:
         """A zero-copy, writable view of guest RAM (checked)."""
         r = self._find(gpa, length)
         off = gpa - r.guest_phys_addr
+        dirty = self.dirty_pages
+        if dirty is not None and length:
+            dirty.update(range(gpa >> 12, ((gpa + length - 1) >> 12) + 1))
         return memoryview(r.mapping)[off:off + length]
 
     def read(self, gpa: int, length: int) -> bytes:

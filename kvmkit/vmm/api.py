@@ -21,6 +21,8 @@ class RunState(str, enum.Enum):
     SHUTDOWN = "shutdown"
     INTERNAL_ERROR = "internal-error"
     GUEST_PANICKED = "guest-panicked"
+    POSTMIGRATE = "postmigrate"  # migrated away: stopped here, running on the destination
+    INMIGRATE = "inmigrate"      # waiting for an incoming migration stream
 
 
 class ExitReason(str, enum.Enum):
@@ -95,6 +97,12 @@ class VmControl(Protocol):
     def query_stats(self) -> dict[str, Any]:
         """kvmkit's counters: exits, and what host-compat completed in the VMM."""
 
-    def save_snapshot(self, directory: str) -> Any:
+    @property
+    def migration(self) -> Any:
+        """The VM's :class:`kvmkit.vmm.migration.source.MigrationControl`
+        (start, query, cancel a migration; its parameters)."""
+
+    def save_snapshot(self, directory: str, diff_from: str | None = None) -> Any:
         """Write the whole VM into ``directory`` (a running VM pauses for the
-        copy and continues); returns a :class:`kvmkit.vmm.snapshot.SnapshotInfo`."""
+        copy and continues), or only the pages dirtied since ``diff_from``
+        (the VM's last snapshot); returns a :class:`kvmkit.vmm.snapshot.SnapshotInfo`."""

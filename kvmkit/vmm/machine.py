@@ -63,9 +63,11 @@ class Machine:
     :meth:`start`, :meth:`wait` and :meth:`close`."""
 
     def __init__(self, config: VmConfig, *, compat: hostcompat.HostCompat | None = None,
-                 restore: "Snapshot | None" = None, shared_memory: bool = False) -> None:
+                 restore: "Snapshot | None" = None, shared_memory: bool = False,
+                 incoming: bool = False) -> None:
         self.config = config
         self._restore_from = restore
+        self._incoming = incoming          # RAM and state arrive later (a migration stream)
         self._shared_memory = shared_memory
         self.name = config.name
         self.uuid = config.uuid
@@ -88,6 +90,9 @@ class Machine:
         self.coalesced = None
         self.threads: list[VcpuThread] = []
         self.virtio_devices: list[Any] = []
+        self._migration = None
+        self._dirty_tracker = None
+        self._snapshot_lineage = None      # last snapshot + pages dirtied since (diff snapshots)
         install_kick_handler()
         self.console = Console(config.serial, on_quit=self.quit)
         try:
@@ -114,9 +119,7 @@ class Machine:
         vm.create_irqchip()
         vm.create_pit2()
         if self._restore_from is not None:
-            snap = self._restore_from
-            self.memory = GuestMemory.from_file(str(snap.memory_path), snap.memory_layout(),
-                                                shared=self._shared_memory)
+            self.memory = self._restore_from.map_memory(self._shared_memory)
         else:
             self.memory = GuestMemory.anonymous(layout.ram_layout(cfg.memory))
         for r in self.memory.regions:
@@ -158,7 +161,7 @@ class Machine:
         self.completer = InstructionCompleter(self.memory, self.compat.complete_int3,
                                               self.compat.complete_clac_stac, self.syscall_trap)
         self._initial_devices = self._device_states()
-        if self._restore_from is None:
+        if self._restore_from is None and not self._incoming:
             self._load_guest()
         self._create_vcpus()
         if self.kvm.check_extension(Cap.COALESCED_PIO):
@@ -231,11 +234,13 @@ class Machine:
         if self.syscall_trap is not None and compat.get("syscall-trap"):
             self.syscall_trap.load_state(compat["syscall-trap"])
 
-    def save_snapshot(self, directory: str | os.PathLike) -> "SnapshotInfo":
-        """Write the whole VM into ``directory`` (see :mod:`kvmkit.vmm.snapshot`).
-        A running VM is paused for the copy and then continues; a paused one
-        stays paused."""
-        from kvmkit.vmm.snapshot import save
+    def save_snapshot(self, directory: str | os.PathLike,
+                      diff_from: str | os.PathLike | None = None) -> "SnapshotInfo":
+        """Write the whole VM into ``directory`` (see :mod:`kvmkit.vmm.snapshot`),
+        or with ``diff_from`` (the VM's last snapshot) only the pages dirtied
+        since (:mod:`kvmkit.vmm.snapshot_diff`).  A running VM is paused for
+        the copy and then continues; a paused one stays paused."""
+        from kvmkit.vmm.snapshot_diff import save_tracked
         if self._done.is_set():
             raise GuestError("the VM has ended: nothing to snapshot")
         was_running = self._state == RunState.RUNNING
@@ -245,10 +250,26 @@ class Machine:
             pass                    # never started: the build state is the state
         try:
             with self._quiesced_devices():
-                return save(self, directory)
+                return save_tracked(self, directory, diff_from)
         finally:
             if was_running:
                 self.resume()
+
+    @property
+    def dirty_tracker(self):
+        """Dirty-page tracking (KVM's log + the VMM's writes) for migration and diff snapshots."""
+        if self._dirty_tracker is None:
+            from kvmkit.vmm.migration.dirty import DirtyTracker
+            self._dirty_tracker = DirtyTracker(self)
+        return self._dirty_tracker
+
+    @property
+    def migration(self):
+        """This VM's outgoing migration (QMP migrate, query-migrate, migrate_cancel, parameters)."""
+        if self._migration is None:
+            from kvmkit.vmm.migration.source import MigrationControl
+            self._migration = MigrationControl(self)
+        return self._migration
 
     def _quiesced_devices(self):
         """Hold every virtio device's lock while its rings are captured, so
@@ -494,7 +515,7 @@ class Machine:
         self._emit("STOP")
 
     def resume(self) -> None:
-        if self._state != RunState.PAUSED:
+        if self._state not in (RunState.PAUSED, RunState.POSTMIGRATE):
             return
         if self._paused_clock is not None:
             self.vm.set_clock(self._paused_clock)
@@ -736,6 +757,9 @@ class Machine:
 
     def close(self) -> None:
         """Stop the VM if it runs, and release everything."""
+        if self._migration is not None:
+            self._migration.cancel()          # a migration in flight ends (cancelled) first
+            self._migration.wait(10)
         if not self._done.is_set():
             self._finish(ExitReason.HOST_QUIT, {"guest": False, "reason": "host-qmp-quit"})
         for t in self.threads:

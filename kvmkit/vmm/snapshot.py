@@ -279,6 +279,7 @@ class Snapshot:
 
     path: Path
     body: dict[str, Any]
+    base: "Snapshot | None" = None          # a diff snapshot's base (kvmkit.vmm.snapshot_diff)
 
     @classmethod
     def open(cls, directory: str | os.PathLike) -> "Snapshot":
@@ -309,7 +310,8 @@ class Snapshot:
         mem = d / MEMORY_FILE
         if not mem.exists() or mem.stat().st_size != body["memory-file-size"]:
             raise SnapshotError(f"snapshot {d}: memory file missing or of the wrong size")
-        return cls(d, body)
+        from kvmkit.vmm.snapshot_diff import open_base
+        return cls(d, body, open_base(d, body))
 
     @property
     def memory_path(self) -> Path:
@@ -317,6 +319,23 @@ class Snapshot:
 
     def memory_layout(self) -> list[tuple[int, int, int]]:
         return _layout(self.body["memory-regions"])
+
+    def map_memory(self, shared: bool = False):
+        """Guest RAM for a restore: the memory file mapped copy-on-write (or
+        shared); a diff maps its base's and reads its own pages over it."""
+        from kvmkit.memory.guest_memory import GuestMemory
+        if self.base is None:
+            return GuestMemory.from_file(str(self.memory_path), self.memory_layout(), shared=shared)
+        if shared:
+            raise SnapshotError(f"snapshot {self.path} is a diff: shared=on needs a full snapshot "
+                                "(kvmkit snapshot merge folds it onto its base)")
+        from kvmkit.vmm.snapshot_diff import overlay
+        root = self.base
+        while root.base is not None:
+            root = root.base
+        memory = GuestMemory.from_file(str(root.memory_path), root.memory_layout())
+        overlay(self, memory)
+        return memory
 
     def config(self, **overrides: Any) -> "VmConfig":
         return config_from_record(self.body["config"], self.body["host-compat"], **overrides)

@@ -32,7 +32,7 @@ CAPS = Struct((Arg("xbzrle", BOOL), Arg("limit", UINT64, optional=True),
 @pytest.fixture
 def table() -> CommandTable:
     table = default_commands()
-    table.add(Command("migrate", migrate, (Arg("uri", STR), Arg("detach", BOOL, optional=True),
+    table.add(Command("x-test-migrate", migrate, (Arg("uri", STR), Arg("detach", BOOL, optional=True),
                                            Arg("caps", CAPS, optional=True))))
     table.add(Command("broken", broken))
     table.add(Command("refused", refused))
@@ -53,9 +53,9 @@ def error(desc: str) -> dict:
 
 
 def test_a_registered_command_is_dispatched_with_keywords(table):
-    assert run(table, {"execute": "migrate", "arguments": {"uri": "tcp:x:1"}, "id": 1}) == {
+    assert run(table, {"execute": "x-test-migrate", "arguments": {"uri": "tcp:x:1"}, "id": 1}) == {
         "return": {"uri": "tcp:x:1", "detach": False, "caps": None}, "id": 1}
-    reply = run(table, {"execute": "migrate",
+    reply = run(table, {"execute": "x-test-migrate",
                         "arguments": {"uri": "u", "caps": {"xbzrle": True, "mode": "b"}}})
     assert reply["return"]["caps"] == {"xbzrle": True, "mode": "b"}
 
@@ -70,7 +70,7 @@ def test_a_registered_command_is_dispatched_with_keywords(table):
     ({"uri": None}, "Invalid parameter type for 'uri', expected: string"),
 ])
 def test_nested_argument_errors(table, arguments, desc):
-    assert run(table, {"execute": "migrate", "arguments": arguments}) == error(desc)
+    assert run(table, {"execute": "x-test-migrate", "arguments": arguments}) == error(desc)
 
 
 def test_lists(table):
@@ -93,8 +93,8 @@ def test_names_are_unique(table):
 
 def test_new_commands_are_listed_and_gated_by_negotiation(table):
     names = [entry["name"] for entry in run(table, {"execute": "query-commands"})["return"]]
-    assert "migrate" in names and "broken" in names
-    assert run(table, {"execute": "migrate", "arguments": {"uri": "u"}}, negotiated=False) == {
+    assert "x-test-migrate" in names and "broken" in names
+    assert run(table, {"execute": "x-test-migrate", "arguments": {"uri": "u"}}, negotiated=False) == {
         "error": {"class": "CommandNotFound",
                   "desc": "Expecting capabilities negotiation with 'qmp_capabilities'"}}
 
