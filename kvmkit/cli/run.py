@@ -65,6 +65,10 @@ def add_parser(subparsers: Any) -> None:
                    help="start from a snapshot (kvmkit snapshot create) instead of booting: the machine, "
                         "kernel and devices come from it; --serial, --qmp, --paused still apply. Guest RAM "
                         "is mapped from DIR/memory copy-on-write, or written back to it with shared=on")
+    p.add_argument("--isolation", choices=("on", "off"), default=None,
+                   help="run the VMM jailed: own mount/PID/IPC/network namespaces, a directory holding only "
+                        "its files, its own unprivileged uid, no capabilities, a seccomp allow-list (default: "
+                        "$KVMKIT_ISOLATION, else off; the manager turns it on; off is for debugging)")
     p.add_argument("--no-acpi", dest="acpi", action="store_false",
                    help="no ACPI tables or power-management ports (MP table only; "
                         "QMP system_powerdown then sends Ctrl-Alt-Del)")
@@ -138,6 +142,11 @@ def _restored_machine(args: argparse.Namespace, serial):
 def cmd_run(args: argparse.Namespace) -> int:
     from kvmkit.vmm.config import SerialSpec, VmConfig
     from kvmkit.vmm.machine import Machine
+    from kvmkit.cli import run_isolated
+
+    if (args.isolation or run_isolated.default_isolation()) == "on":
+        args.isolation = "off"                   # the jailed VMM runs this function again, inside
+        return run_isolated.run_isolated(args, cmd_run)
 
     memory = parse_size(args.memory, default_unit="M", what="memory size") if args.memory is not None else None
     if not 0 < args.profile_hz <= MAX_PROFILE_HZ:
@@ -182,6 +191,8 @@ def _run(args: argparse.Namespace, machine, qmp_addrs) -> int:
             monitors = [start_monitor(machine, a) for a in qmp_addrs]
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: machine.quit())
+        from kvmkit.host.jail import lockdown
+        lockdown()                               # jailed: seccomp from here on (everything is open)
         machine.start()
         if args.profile:
             profiler = machine.start_profile(args.profile_hz)

@@ -37,6 +37,7 @@ class DiskSpec:
 class NetSpec:
     tap: str | None = None             # None: create a new tap (kvmtapN)
     mac: str | None = None             # None: derived from the tap name
+    fd: int | None = None              # an open tap handed over (by a jail's supervisor); tap is ignored
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def parse_disk(text: str) -> DiskSpec:
 
 
 def parse_net(text: str) -> NetSpec:
-    o = _options("--net", text, {"tap", "mac"}, bare="tap")
+    o = _options("--net", text, {"tap", "mac", "fd"}, bare="tap")
     tap = o.get("tap") or None
     if tap is not None and (len(tap.encode()) > 15 or "/" in tap or " " in tap):
         raise ConfigError(f"--net: tap={tap!r} must be an interface name of at most 15 characters")
@@ -131,7 +132,10 @@ def parse_net(text: str) -> NetSpec:
         if int(mac[:2], 16) & 1:
             raise ConfigError(f"--net: mac={mac!r} is a multicast address")
         mac = mac.lower()
-    return NetSpec(tap, mac)
+    fd = o.get("fd")
+    if fd is not None and not fd.isdigit():
+        raise ConfigError(f"--net: fd={fd!r} must be the number of an open tap descriptor")
+    return NetSpec(tap, mac, int(fd) if fd is not None else None)
 
 
 def parse_console(text: str) -> ConsoleSpec:
