@@ -60,6 +60,9 @@ class _Plan:
 
 def run_isolated(args: argparse.Namespace, run_inside: Callable[[argparse.Namespace], int]) -> int:
     """Supervise ``run_inside(args)`` in a jail; its exit status is ours."""
+    if os.geteuid() != 0:
+        raise ConfigError("--isolation on needs root (it makes namespaces, mounts and device nodes, and "
+                          "switches to the VM's own uid); use --isolation off")
     inherited = _open_fds()
     _resolve_guest(args)
     plan = _Plan()
