@@ -26,18 +26,15 @@ from typing import Callable
 
 import kvmkit
 from kvmkit.errors import ConfigError, KvmkitError
-from kvmkit.host import ids, jail
+from kvmkit.host import ids, jail, jail_process
+from kvmkit.host.seccomp_filter import AuditLog
 
-ENV_ISOLATION = "KVMKIT_ISOLATION"
 INNER_EXIT_FILE = "/run/kvmkit/exit.json"        # inside the jail; the supervisor writes the real one
 
 
 def default_isolation() -> str:
     """``--isolation``'s default: KVMKIT_ISOLATION, else off for ``kvmkit run``."""
-    value = os.environ.get(ENV_ISOLATION, "off")
-    if value not in ("on", "off"):
-        raise ConfigError(f"{ENV_ISOLATION}={value!r}: expected on or off")
-    return value
+    return jail.isolation_setting("off")
 
 
 @dataclass
@@ -80,10 +77,14 @@ def run_isolated(args: argparse.Namespace, run_inside: Callable[[argparse.Namesp
         exit_file, args.exit_file = args.exit_file, INNER_EXIT_FILE
         spec = jail.JailSpec(**{**spec.__dict__, "keep_fds": tuple(inherited | {lease.fd} |
                                                                      {t.fd for t in plan.taps})})
-        pid = jail.spawn(spec, lambda: run_inside(args))
-        for t in plan.taps:
-            t.close()
-        status = _supervise(pid, spec, exit_file)
+        audit = AuditLog()
+        try:
+            child = jail_process.spawn(spec, lambda: run_inside(args))
+            for t in plan.taps:
+                t.close()
+            status = _supervise(child, spec, exit_file, audit)
+        finally:
+            audit.close()
     finally:
         for t in plan.taps:
             t.close()
@@ -128,8 +129,8 @@ def _collect(args: argparse.Namespace, plan: _Plan) -> None:
     for lib in ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/share/zoneinfo"):
         if os.path.isdir(lib) and not os.path.islink(lib):
             plan.bind(lib)
-    for p in sys.path:                                                  # site-packages elsewhere
-        if p and os.path.isdir(p) and not any(p.startswith(b.path + "/") or p == b.path for b in plan.binds):
+    for p in sys.path:            # site-packages elsewhere (not the cwd `python -m` puts first: it is ours)
+        if p and p != os.getcwd() and os.path.isdir(p) and not any(p.startswith(b.path + "/") or p == b.path for b in plan.binds):
             plan.bind(p)
     disks = [vc.parse_disk(d) for d in args.disk]
     kernel, initrd = args.kernel, args.initrd
@@ -249,18 +250,16 @@ def _link_sockets(spec: jail.JailSpec, plan: _Plan) -> None:
             raise ConfigError(f"{path}: cannot make the socket's link: {exc.strerror}") from None
 
 
-def _supervise(pid: int, spec: jail.JailSpec, exit_file: str | None) -> int:
-    forward = lambda sig, _frame: _kill(pid, sig)  # noqa: E731
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
+def _supervise(child: jail_process.JailedProcess, spec: jail.JailSpec, exit_file: str | None,
+               audit: AuditLog) -> int:
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, lambda sig, _frame: child.signal(sig))
     signal.signal(signal.SIGINT, signal.SIG_IGN)         # the terminal sends Ctrl-C to the VMM too
-    _, wstatus = os.waitpid(pid, 0)
+    code, sig = child.wait()
     record = None
-    if os.WIFSIGNALED(wstatus):
-        sig = os.WTERMSIG(wstatus)
+    if sig is not None:
         if sig == signal.SIGSYS:
-            from kvmkit.host.seccomp_filter import killed_by
-            name = killed_by(pid)
+            name = audit.killed_by(spec.uid)
             error = f"killed by seccomp: syscall {name or '(unknown: no audit record)'}"
         else:
             error = f"killed by signal {signal.Signals(sig).name}"
@@ -268,7 +267,7 @@ def _supervise(pid: int, spec: jail.JailSpec, exit_file: str | None) -> int:
         record = {"reason": "error", "status": 1, "error": f"the VMM was {error}"}
         status = 1
     else:
-        status = os.WEXITSTATUS(wstatus)
+        status = code
         try:
             record = json.loads(jail._inside(spec.root, INNER_EXIT_FILE).read_text())
         except (OSError, ValueError):
@@ -277,13 +276,6 @@ def _supervise(pid: int, spec: jail.JailSpec, exit_file: str | None) -> int:
         from kvmkit.manager import files
         files.atomic_write(Path(exit_file), json.dumps(record))
     return status
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _undo(plan: _Plan, spec: jail.JailSpec | None) -> None:

@@ -18,7 +18,8 @@ The seccomp filter (:mod:`kvmkit.host.seccomp_filter`) comes last, once
 the VMM has opened everything (:func:`lockdown`).
 
 Host side (:func:`build`, :func:`remove`) runs in the supervisor before
-and after the VMM; :func:`spawn` forks the VMM into the namespaces.  Every
+and after the VMM; :func:`kvmkit.host.jail_process.spawn` forks the VMM
+into the namespaces.  Every
 mount is made in the VMM's own mount namespace, so all of them vanish with
 it; the supervisor then deletes the directory.
 """
@@ -33,12 +34,12 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from kvmkit.errors import HostResourceError, KvmkitError
+from kvmkit.errors import ConfigError, HostResourceError
 
 ENV_JAIL_DIR = "KVMKIT_JAIL_DIR"
 DEFAULT_JAIL_DIR = Path("/run/kvmkit/jails")
+ENV_ISOLATION = "KVMKIT_ISOLATION"   # on | off: overrides the caller's default
 ENV_INSIDE = "KVMKIT_JAILED"          # set inside a jail: lockdown() then loads seccomp
 ENV_SECCOMP = "KVMKIT_SECCOMP"        # enforce (default) | log (learn the allow-list)
 
@@ -47,7 +48,7 @@ CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_SET_KEEPCAPS, PR_CAPBSET_DROP = 1, 8, 24
+PR_SET_KEEPCAPS, PR_CAPBSET_DROP = 8, 24
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
 SYS_PIVOT_ROOT, SYS_CAPSET = 155, 126
 DEVICES = {"/dev/kvm": (10, 232, 0o600), "/dev/null": (1, 3, 0o666)}
@@ -86,6 +87,15 @@ class JailSpec:
     keep_fds: tuple[int, ...] = ()              # descriptors the VMM keeps (taps, locks); others are closed
     devices: tuple[str, ...] = ("/dev/kvm", "/dev/null")
     env: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+def isolation_setting(default: str) -> str:
+    """``on`` or ``off``: KVMKIT_ISOLATION if set, else ``default`` (the
+    manager's is on, a bare ``kvmkit run``'s off)."""
+    value = os.environ.get(ENV_ISOLATION) or default
+    if value not in ("on", "off"):
+        raise ConfigError(f"{ENV_ISOLATION}={value!r}: expected on or off")
+    return value
 
 
 def jail_dir() -> Path:
@@ -137,47 +147,9 @@ def remove(spec: JailSpec) -> None:
     shutil.rmtree(spec.root, ignore_errors=True)
 
 
-def spawn(spec: JailSpec, target: Callable[[], int]) -> int:
-    """Fork a process that enters the jail and runs ``target`` there; it
-    exits with ``target``'s status.  Returns its (host) pid.
-
-    The caller's later children share the new PID namespace and the caller
-    may start no threads afterwards: call it from a supervisor process."""
-    last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-    import pyseccomp  # noqa: F401 - loaded (with libseccomp) out here: the jail has no ldconfig
-    from kvmkit.host import seccomp_filter  # noqa: F401
-    _check(_libc.unshare(CLONE_NEWPID), "new PID namespace (unshare)")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        return pid
-    status = 1
-    try:
-        _enter(spec, last_cap)
-        status = target()
-    except KvmkitError as exc:
-        print(f"kvmkit run: error: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        status = 130
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
-    except BaseException as exc:  # noqa: BLE001 - the child must never return into the supervisor
-        import traceback
-        traceback.print_exception(exc)
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(status)
-    raise AssertionError("unreachable")
-
-
-def _enter(spec: JailSpec, last_cap: int) -> None:
+def enter(spec: JailSpec, last_cap: int) -> None:
     """In the forked child (PID 1 of its namespace, still root): namespaces,
-    mounts, pivot, then drop to the VM's user."""
-    _check(_libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "die with the supervisor (prctl)")
+    mounts, pivot, then drop to the VM's user (see :mod:`jail_process`)."""
     _close_fds(set(spec.keep_fds) | {0, 1, 2})
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWUTS),
            "new mount/IPC/network namespaces (unshare)")

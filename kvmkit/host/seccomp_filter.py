@@ -15,11 +15,12 @@ sockets (a vsock connection to the host, a snapshot stream); ``execve``,
 ``ptrace``, ``mount``, raw sockets and the like are not on the list, so a
 VMM that a guest took over and tries one is killed at once
 (``SECCOMP_RET_KILL_PROCESS``): the kernel's audit record then names the
-syscall, and :func:`killed_by` finds it for the report.
+syscall, and :class:`AuditLog` finds it for the report.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
@@ -87,44 +88,44 @@ def install(mode: str = ENFORCE) -> None:
         raise HostResourceError(f"seccomp filter: cannot load it: {exc.strerror or exc}") from None
 
 
-_AUDIT = re.compile(rb"type=1326 .*? pid=(\d+) .*? syscall=(\d+)")
+_AUDIT = re.compile(rb"type=1326 .*? uid=(\d+) .*? syscall=(\d+)")
 
 
-def killed_by(pid: int, wait: float = 1.0) -> str | None:
-    """The name of the syscall seccomp killed ``pid`` (a host pid) for,
-    from the kernel's audit record in ``/dev/kmsg``; None if there is none
-    (no audit record reached the log: then only "SIGSYS" is known)."""
-    deadline = time.monotonic() + wait
-    while True:
-        nr = _find_record(pid)
-        if nr is not None:
-            return syscall_name(nr)
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.05)
+class AuditLog:
+    """The kernel log from now on: opened before the VMM starts, so that
+    only records of this run are read.  A seccomp kill leaves an audit
+    record (type 1326) with the uid and the syscall number; the uid is this
+    VM's alone while it runs."""
 
+    def __init__(self) -> None:
+        try:
+            self._fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError:
+            self._fd = -1                        # no kernel log: a kill is then reported without the name
 
-def _find_record(pid: int) -> int | None:
-    import os
-    try:
-        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    found = None
-    try:
-        while True:
+    def killed_by(self, uid: int, wait: float = 1.0) -> str | None:
+        """The syscall seccomp killed ``uid``'s process for, or None if no record came."""
+        deadline = time.monotonic() + wait
+        while self._fd >= 0:
             try:
-                rec = os.read(fd, 8192)
+                rec = os.read(self._fd, 8192)
             except BlockingIOError:
-                break
-            except OSError:                      # EPIPE: records overwritten while reading; go on
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.05)
+                continue
+            except OSError:                      # EPIPE: records overwritten meanwhile; read on
                 continue
             m = _AUDIT.search(rec)
-            if m and int(m.group(1)) == pid:
-                found = int(m.group(2))
-    finally:
-        os.close(fd)
-    return found
+            if m and int(m.group(1)) == uid:
+                return syscall_name(int(m.group(2)))
+        return None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def syscall_name(nr: int) -> str:

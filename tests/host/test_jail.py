@@ -17,7 +17,8 @@ import time
 import pytest
 
 from kvmkit.host import ids
-from kvmkit.host.jail import ENV_TEST_PROBE, JailError, JailSpec, Bind, build, jail_dir, remove, spawn
+from kvmkit.host.jail import ENV_TEST_PROBE, JailError, JailSpec, Bind, build, jail_dir, remove
+from kvmkit.host.jail_process import spawn
 
 pytestmark = pytest.mark.kvm
 
@@ -249,9 +250,8 @@ def test_a_mount_failure_inside_is_reported_and_the_jail_removed(tmp_path):
             os.close(r)
             os.dup2(w, 2)                             # the jail keeps fds 0-2 only
             sys.stderr = os.fdopen(2, "w", closefd=False)
-            child = spawn(spec, lambda: 0)
-            _, status = os.waitpid(child, 0)
-            os._exit(os.waitstatus_to_exitcode(status))
+            code, sig = spawn(spec, lambda: 0).wait()
+            os._exit(code if sig is None else 100)
         os.close(w)
         err = os.read(r, 4096).decode()
         _, status = os.waitpid(pid, 0)
@@ -275,3 +275,26 @@ def test_remove_refuses_a_jail_with_something_mounted(tmp_path):
         subprocess.run(["umount", str(spec.root / "dev")], check=True)
     remove(spec)
     assert not spec.root.exists()
+
+
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                status = open(f"/proc/{entry.name}/status").read()
+            except OSError:
+                continue
+            if f"\nUid:\t{uid}\t" in status:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_vmm_dies_with_its_supervisor_even_by_sigkill(other_vm):
+    assert len(_processes_of(other_vm["uid"])) == 2              # the jail's init and the VMM
+    other_vm["proc"].kill()
+    other_vm["proc"].wait()
+    deadline = time.monotonic() + 10
+    while _processes_of(other_vm["uid"]):
+        assert time.monotonic() < deadline, "the jailed VMM outlived its supervisor"
+        time.sleep(0.05)
