@@ -130,13 +130,17 @@ def _restore_spec(text: str) -> tuple[str, bool]:
 
 def _restored_machine(args: argparse.Namespace, serial):
     from kvmkit.vmm.machine import Machine
+    check_restore_options(args)
+    path, shared = _restore_spec(args.restore)
+    return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused)
+
+
+def check_restore_options(args: argparse.Namespace) -> None:
     given = [o for o in MACHINE_OPTIONS if getattr(args, o) not in (None, [], False)]
     if given or args.cpus != 1:
         names = ", ".join("--" + o.replace("virtio_", "").replace("_", "-") for o in given + (
             ["cpus"] if args.cpus != 1 else []))
         raise ConfigError(f"--restore takes the machine from the snapshot; {names} cannot be given with it")
-    path, shared = _restore_spec(args.restore)
-    return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -33,8 +33,11 @@ INNER_EXIT_FILE = "/run/kvmkit/exit.json"        # inside the jail; the supervis
 
 
 def default_isolation() -> str:
-    """``--isolation``'s default: KVMKIT_ISOLATION, else off for ``kvmkit run``."""
-    return jail.isolation_setting("off")
+    """``--isolation``'s default: KVMKIT_ISOLATION, else off for ``kvmkit run``.
+    The variable jails root's runs only (an explicit ``--isolation on`` by
+    another user is an error instead)."""
+    setting = jail.isolation_setting("off")
+    return setting if os.geteuid() == 0 else "off"
 
 
 @dataclass
@@ -45,14 +48,19 @@ class _Plan:
     writable: list[str] = field(default_factory=list)     # files handed to the VM's user while it runs
     chowned: dict[str, tuple[int, int]] = field(default_factory=dict)   # path -> original owner, to restore
     taps: list = field(default_factory=list)
+    shared: list[tuple[str, bool]] = field(default_factory=list)   # directories shared with other VMs (ACL)
+    granted: list[str] = field(default_factory=list)
 
-    def bind(self, path: str, writable: bool = False) -> None:
+    def bind(self, path: str, writable: bool = False) -> bool:
+        """Bind ``path`` in (False if it does not exist: the VMM, which
+        finds it missing in the jail too, then says so as it always does)."""
         path = os.path.abspath(path)
         if any(b.path == path for b in self.binds):
-            return
+            return True
         if not os.path.exists(path):
-            raise ConfigError(f"{path}: no such file")
+            return False
         self.binds.append(jail.Bind(path, writable))
+        return True
 
 
 def run_isolated(args: argparse.Namespace, run_inside: Callable[[argparse.Namespace], int]) -> int:
@@ -135,11 +143,13 @@ def _collect(args: argparse.Namespace, plan: _Plan) -> None:
     disks = [vc.parse_disk(d) for d in args.disk]
     kernel, initrd = args.kernel, args.initrd
     if args.restore:
-        from kvmkit.cli.run import _restore_spec
+        from kvmkit.cli.run import _restore_spec, check_restore_options
         from kvmkit.vmm.snapshot import Snapshot
+        check_restore_options(args)                  # the errors of an unjailed run, in its order
         directory, shared = _restore_spec(args.restore)
         snap = Snapshot.open(directory)
         plan.bind(directory, writable=shared)
+        plan.shared.append((os.path.abspath(directory), shared))
         cfg = snap.config()
         kernel, initrd = str(cfg.kernel), str(cfg.initrd) if cfg.initrd else None
         disks = list(cfg.virtio.disks) if cfg.virtio else []
@@ -151,8 +161,7 @@ def _collect(args: argparse.Namespace, plan: _Plan) -> None:
             plan.bind(path)
     for d in disks:
         chain = _chain(d.path)
-        plan.bind(chain[0], writable=not d.readonly)
-        if not d.readonly:
+        if plan.bind(chain[0], writable=not d.readonly) and not d.readonly:
             plan.writable.append(chain[0])
         for backing in chain[1:]:
             plan.bind(backing)
@@ -232,6 +241,9 @@ def _open_taps(args: argparse.Namespace, plan: _Plan) -> None:
 
 def _give(plan: _Plan, uid: int, gid: int) -> None:
     """The VM's writable files belong to its user while it runs (libvirt's DAC driver does the same)."""
+    from kvmkit.host import acl
+    for directory, writable in plan.shared:
+        plan.granted += acl.grant_tree(directory, uid, writable)
     for path in dict.fromkeys(plan.writable):
         st = os.stat(path)
         plan.chowned[path] = (st.st_uid, st.st_gid)
@@ -279,6 +291,9 @@ def _supervise(child: jail_process.JailedProcess, spec: jail.JailSpec, exit_file
 
 
 def _undo(plan: _Plan, spec: jail.JailSpec | None) -> None:
+    from kvmkit.host import acl
+    for path in plan.granted:
+        acl.revoke(path, spec.uid if spec else -1)
     for path, (uid, gid) in plan.chowned.items():
         try:
             os.chown(path, uid, gid)
