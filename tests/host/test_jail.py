@@ -298,3 +298,29 @@ def test_a_vmm_dies_with_its_supervisor_even_by_sigkill(other_vm):
     while _processes_of(other_vm["uid"]):
         assert time.monotonic() < deadline, "the jailed VMM outlived its supervisor"
         time.sleep(0.05)
+
+
+def test_two_jailed_vms_restore_one_snapshot_and_the_acl_entries_go(tiny_guest, machine, tmp_path):
+    """The snapshot stays root's (mode 0600); each jailed restore reads it
+    through an ACL entry for its own uid, removed when it ends."""
+    from kvmkit.host.acl import XATTR
+    from kvmkit.monitor.server import QmpServer
+    m = machine(tiny_guest("hello"), cmdline="7", start_paused=True)
+    sock, snap = tmp_path / "vm.qmp", tmp_path / "snap"
+    with QmpServer(m, f"unix:{sock}"):
+        r = subprocess.run([*KVMKIT, "snapshot", "create", "--qmp", str(sock), str(snap)], capture_output=True,
+                           text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for f in snap.iterdir():
+        os.chmod(f, 0o600)
+    before = {f.name: os.getxattr(f, XATTR) if XATTR in os.listxattr(f) else None for f in snap.iterdir()}
+    env = dict(os.environ)
+    env.pop("KVMKIT_ISOLATION", None)
+    runs = [subprocess.Popen([*KVMKIT, "run", "--isolation", "on", "--restore", str(snap), "--serial", "null"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(2)]
+    for p in runs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == (7 << 1) | 1, err
+    after = {f.name: os.getxattr(f, XATTR) if XATTR in os.listxattr(f) else None for f in snap.iterdir()}
+    assert after == before
+    assert all(os.stat(f).st_uid == 0 and os.stat(f).st_mode & 0o777 == 0o600 for f in snap.iterdir())
