@@ -83,7 +83,7 @@ def other_vm(tiny_guest, tmp_path):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the other VM's QMP socket never answered"
             time.sleep(0.1)
-    yield {"disk": disk, "sock": sock, "uid": os.stat(disk).st_uid, "proc": proc}
+    yield {"disk": disk, "sock": sock, "uid": os.stat(disk).st_uid, "proc": proc, "kernel": tiny_guest("hello")}
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
 
@@ -294,6 +294,12 @@ def test_a_vmm_dies_with_its_supervisor_even_by_sigkill(other_vm):
     while _processes_of(other_vm["uid"]):
         assert time.monotonic() < deadline, "the jailed VMM outlived its supervisor"
         time.sleep(0.05)
+    stale = jail_dir() / str(other_vm["uid"])
+    assert stale.exists(), "a SIGKILLed supervisor cannot clean up"
+    p = run("--isolation", "on", "--kernel", str(other_vm["kernel"]), "-m", "64M", "--serial", "null",
+            env={ids.ENV_RANGE: f"{other_vm['uid']}:1"})
+    assert p.returncode == 1 and "error" not in p.stderr, p.stderr      # the hello guest's status
+    assert not stale.exists(), "the next VM with that uid removes the stale jail"
 
 
 def test_two_jailed_vms_restore_one_snapshot_and_the_acl_entries_go(tiny_guest, machine, tmp_path):

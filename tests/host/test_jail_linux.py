@@ -96,7 +96,8 @@ def jailed_run(tmp_path_factory):
         sh("ip", "netns", "exec", netns, "ip", "link", "set", tap, "up")
         log = tmp / "console.log"
         wait_for(lambda: b"ready-for-host" in log.read_bytes() or proc.poll() is not None, 900, "the guest script")
-        results = {"qmp": qmp(paths["qmp.sock"], ("query-status", {}), ("balloon", {"value": 96 * MB}),
+        results = {"uid": os.stat(tmp / "rw.raw").st_uid,          # the VM's own, while it runs
+                   "qmp": qmp(paths["qmp.sock"], ("query-status", {}), ("balloon", {"value": 96 * MB}),
                               ("query-balloon", {}))}
         ping = subprocess.run(["ip", "netns", "exec", netns, "ping", "-c", "2", "-w", "30", GUEST_IP],
                               capture_output=True, text=True)
@@ -142,7 +143,11 @@ def test_network_both_ways_and_the_other_devices(jailed_run):
 
 
 def test_nothing_left_behind(jailed_run):
+    from kvmkit.host import ids
+    from kvmkit.host.jail import jail_dir
+    uid = jailed_run["uid"]
+    assert uid >= ids.DEFAULT_BASE
     for key in ("qmp.sock", "v.sock"):
         assert not os.path.lexists(jailed_run["paths"][key])
-    from kvmkit.host.jail import jail_dir
-    assert not jail_dir().exists() or list(jail_dir().iterdir()) == []
+    assert not (jail_dir() / str(uid)).exists()
+    ids.allocate(ids.IdRange(uid, 1)).release()          # the uid is free again
