@@ -84,7 +84,8 @@ def _add_virtio_options(p: argparse.ArgumentParser) -> None:
                         "(default), none (O_DIRECT), writethrough (data on disk before a write completes), "
                         "directsync (both), unsafe (flushes ignored)")
     g.add_argument("--net", action="append", default=[], metavar="SPEC", nargs="?", const="",
-                   help="[tap=NAME][,mac=52:54:00:..]: a virtio-net NIC on a tap (created if no name; repeatable)")
+                   help="[tap=NAME][,mac=52:54:00:..][,fd=N]: a virtio-net NIC on a tap (created if no name; fd=N: "
+                        "an open tap descriptor, as a jail's supervisor hands over; repeatable)")
     g.add_argument("--console", metavar="virtio[,out=FILE]", dest="virtio_console",
                    help="a virtio console (hvc0)")
     g.add_argument("--rng", action="store_true", help="a virtio-rng device fed from the host's getrandom()")
