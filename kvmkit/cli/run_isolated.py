@@ -20,7 +20,7 @@ import os
 import signal
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -83,8 +83,7 @@ def run_isolated(args: argparse.Namespace, run_inside: Callable[[argparse.Namesp
         _give(plan, lease.uid, lease.gid)
         _link_sockets(spec, plan)
         exit_file, args.exit_file = args.exit_file, INNER_EXIT_FILE
-        spec = jail.JailSpec(**{**spec.__dict__, "keep_fds": tuple(inherited | {lease.fd} |
-                                                                     {t.fd for t in plan.taps})})
+        spec = replace(spec, keep_fds=tuple(inherited | {lease.fd} | {t.fd for t in plan.taps}))
         audit = AuditLog()
         try:
             child = jail_process.spawn(spec, lambda: run_inside(args))

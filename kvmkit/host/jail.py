@@ -32,7 +32,7 @@ import os
 import shutil
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kvmkit.errors import ConfigError, HostResourceError
@@ -86,7 +86,6 @@ class JailSpec:
     cwd: str = "/"
     keep_fds: tuple[int, ...] = ()              # descriptors the VMM keeps (taps, locks); others are closed
     devices: tuple[str, ...] = ("/dev/kvm", "/dev/null")
-    env: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 def isolation_setting(default: str) -> str:
@@ -176,7 +175,6 @@ def enter(spec: JailSpec, last_cap: int) -> None:
     _check(_libc.umount2(b".", MNT_DETACH), "detach the host's root")
     os.chdir(spec.cwd)
     _drop_privileges(spec.uid, spec.gid, last_cap)
-    os.environ.update(spec.env)
     os.environ[ENV_INSIDE] = "1"
 
 
