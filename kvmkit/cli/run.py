@@ -70,6 +70,10 @@ def add_parser(subparsers: Any) -> None:
                         "unix:PATH (listen for the source's QMP migrate), file:PATH (a stream saved with "
                         "migrate file:), exec:CMD (read the command's output). The machine comes from the "
                         "stream, as with --restore; the QMP monitor opens once it has arrived")
+    p.add_argument("--isolation", choices=("on", "off"), default=None,
+                   help="run the VMM jailed: own mount/PID/IPC/network namespaces, a directory holding only "
+                        "its files, its own unprivileged uid, no capabilities, a seccomp allow-list (default: "
+                        "$KVMKIT_ISOLATION, else off; the manager turns it on; off is for debugging)")
     p.add_argument("--no-acpi", dest="acpi", action="store_false",
                    help="no ACPI tables or power-management ports (MP table only; "
                         "QMP system_powerdown then sends Ctrl-Alt-Del)")
@@ -85,9 +89,10 @@ def _add_virtio_options(p: argparse.ArgumentParser) -> None:
                         "(default), none (O_DIRECT), writethrough (data on disk before a write completes), "
                         "directsync (both), unsafe (flushes ignored)")
     g.add_argument("--net", action="append", default=[], metavar="SPEC", nargs="?", const="",
-                   help="[tap=NAME][,mac=52:54:00:..][,bridge=BR]: a virtio-net NIC on a tap (created if no "
-                        "name; repeatable); bridge=BR makes the tap a port of host bridge BR (e.g. a "
-                        "`kvmkit virsh net-start` network's) and brings it up")
+                   help="[tap=NAME][,mac=52:54:00:..][,bridge=BR][,fd=N]: a virtio-net NIC on a tap (created if "
+                        "no name; repeatable); bridge=BR makes the tap a port of host bridge BR (e.g. a "
+                        "`kvmkit virsh net-start` network's) and brings it up; fd=N: an open tap descriptor, "
+                        "as a jail's supervisor hands over")
     g.add_argument("--console", metavar="virtio[,out=FILE]", dest="virtio_console",
                    help="a virtio console (hvc0)")
     g.add_argument("--rng", action="store_true", help="a virtio-rng device fed from the host's getrandom()")
@@ -131,7 +136,7 @@ def _restore_spec(text: str) -> tuple[str, bool]:
     return path, shared
 
 
-def _refuse_machine_options(args: argparse.Namespace, option: str, source: str) -> None:
+def check_restore_options(args: argparse.Namespace, option: str = "--restore", source: str = "snapshot") -> None:
     given = [o for o in MACHINE_OPTIONS if getattr(args, o) not in (None, [], False)]
     if given or args.cpus != 1:
         names = ", ".join("--" + o.replace("virtio_", "").replace("_", "-") for o in given + (
@@ -141,7 +146,7 @@ def _refuse_machine_options(args: argparse.Namespace, option: str, source: str) 
 
 def _restored_machine(args: argparse.Namespace, serial):
     from kvmkit.vmm.machine import Machine
-    _refuse_machine_options(args, "--restore", "snapshot")
+    check_restore_options(args)
     path, shared = _restore_spec(args.restore)
     return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused)
 
@@ -149,7 +154,7 @@ def _restored_machine(args: argparse.Namespace, serial):
 def _incoming_machine(args: argparse.Namespace, serial):
     from kvmkit.vmm.migration.incoming import receive
     from kvmkit.vmm.migration.transport import Incoming, parse_uri
-    _refuse_machine_options(args, "--incoming", "migration stream")
+    check_restore_options(args, "--incoming", "migration stream")
     incoming = Incoming(parse_uri(args.incoming))
     where = f"tcp port {incoming.port}" if incoming.port else args.incoming
     print(f"kvmkit: waiting for an incoming migration on {where}", file=sys.stderr, flush=True)
@@ -162,6 +167,11 @@ def _incoming_machine(args: argparse.Namespace, serial):
 def cmd_run(args: argparse.Namespace) -> int:
     from kvmkit.vmm.config import SerialSpec, VmConfig
     from kvmkit.vmm.machine import Machine
+    from kvmkit.cli import run_isolated
+
+    if (args.isolation or run_isolated.default_isolation()) == "on":
+        args.isolation = "off"                   # the jailed VMM runs this function again, inside
+        return run_isolated.run_isolated(args, cmd_run)
 
     memory = parse_size(args.memory, default_unit="M", what="memory size") if args.memory is not None else None
     if not 0 < args.profile_hz <= MAX_PROFILE_HZ:
@@ -210,6 +220,8 @@ def _run(args: argparse.Namespace, machine, qmp_addrs) -> int:
             monitors = [start_monitor(machine, a) for a in qmp_addrs]
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: machine.quit())
+        from kvmkit.host.jail import lockdown
+        lockdown()                               # jailed: seccomp from here on (everything is open)
         machine.start()
         if args.profile:
             profiler = machine.start_profile(args.profile_hz)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import kvmkit
+from kvmkit.host.jail import isolation_setting
 from kvmkit.manager import files
 from kvmkit.manager.domain import DomainDef
 from kvmkit.manager.errors import OperationFailed, OperationInvalid, Unsupported
@@ -48,6 +49,7 @@ def vmm_argv(d: DomainDef, rd: RunDir, live: LiveValues) -> list[str]:
             "--uuid", d.uuid, "--qmp", f"unix:{rd.qmp_socket.name},server,wait=off",
             "--exit-file", rd.exit_file.name, "--reboot", "reset" if d.on_reboot == "restart" else "exit",
             "--serial", _serial(d, rd)]
+    argv += ["--isolation", isolation_setting("on")]      # each VMM jailed (KVMKIT_ISOLATION=off to debug)
     if d.initrd:
         argv += ["--initrd", d.initrd]
     if d.cmdline is not None:

@@ -59,6 +59,19 @@ class Tap:
                               "(busy, wrong type, or not permitted)") from None
         return cls(fd, actual, vnet_hdr)
 
+    @classmethod
+    def adopt(cls, fd: int) -> "Tap":
+        """A tap someone else opened and handed over by descriptor (a jail's
+        supervisor: the jailed VMM has no /dev/net/tun and no interfaces)."""
+        try:
+            res = fcntl.ioctl(fd, TUNGETIFF, _ifreq(""))
+        except OSError as exc:
+            raise ConfigError(f"--net fd={fd}: not an open tap: {exc.strerror}") from None
+        name = res[:IFNAMSIZ].rstrip(b"\0").decode()
+        flags = struct.unpack_from("H", res, IFNAMSIZ)[0]
+        os.set_blocking(fd, False)
+        return cls(fd, name, bool(flags & IFF_VNET_HDR))
+
     def set_offload(self, flags: int) -> None:
         """Which offloads the tap may hand us (TUN_F_*; 0 = plain frames)."""
         fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)

@@ -43,8 +43,8 @@ def build_devices(ctx: DeviceContext, specs: VirtioSpecs) -> list[VirtioDevice]:
                                        discard=d.discard, serial=d.serial or "", path=d.path,
                                        fmt=getattr(image, "format", d.format or "")))
         for i, n in enumerate(specs.nets):
-            tap = Tap.open(n.tap)
-            if n.tap is None or n.bridge:
+            tap = Tap.open(n.tap) if n.fd is None else Tap.adopt(n.fd)
+            if (n.tap is None and n.fd is None) or n.bridge:
                 try:
                     tap.join_bridge(n.bridge) if n.bridge else tap.set_up()
                 except BaseException:

@@ -38,6 +38,7 @@ class NetSpec:
     tap: str | None = None             # None: create a new tap (kvmtapN)
     mac: str | None = None             # None: derived from the tap name
     bridge: str | None = None          # a host bridge the tap joins (and is brought up on)
+    fd: int | None = None              # an open tap handed over (by a jail's supervisor); tap is ignored
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def parse_disk(text: str) -> DiskSpec:
 
 
 def parse_net(text: str) -> NetSpec:
-    o = _options("--net", text, {"tap", "mac", "bridge"}, bare="tap")
+    o = _options("--net", text, {"tap", "mac", "bridge", "fd"}, bare="tap")
     tap = o.get("tap") or None
     if tap is not None and (len(tap.encode()) > 15 or "/" in tap or " " in tap):
         raise ConfigError(f"--net: tap={tap!r} must be an interface name of at most 15 characters")
@@ -135,7 +136,10 @@ def parse_net(text: str) -> NetSpec:
     bridge = o.get("bridge") or None
     if bridge is not None and (len(bridge.encode()) > 15 or "/" in bridge or " " in bridge):
         raise ConfigError(f"--net: bridge={bridge!r} must be an interface name of at most 15 characters")
-    return NetSpec(tap, mac, bridge)
+    fd = o.get("fd")
+    if fd is not None and not fd.isdigit():
+        raise ConfigError(f"--net: fd={fd!r} must be the number of an open tap descriptor")
+    return NetSpec(tap, mac, bridge, int(fd) if fd is not None else None)
 
 
 def parse_console(text: str) -> ConsoleSpec:
