@@ -69,6 +69,8 @@ def add_parser(subparsers: Any) -> None:
                    help="no ACPI tables or power-management ports (MP table only; "
                         "QMP system_powerdown then sends Ctrl-Alt-Del)")
     _add_virtio_options(p)
+    from kvmkit.cli.run_resources import add_options
+    add_options(p)
     p.set_defaults(handler=cmd_run)
 
 
@@ -132,7 +134,9 @@ def _restored_machine(args: argparse.Namespace, serial):
             ["cpus"] if args.cpus != 1 else []))
         raise ConfigError(f"--restore takes the machine from the snapshot; {names} cannot be given with it")
     path, shared = _restore_spec(args.restore)
-    return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused)
+    from kvmkit.cli.run_resources import resource_spec
+    return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused,
+                           resources=resource_spec(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -163,7 +167,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     memory = memory if memory is not None else parse_size(DEFAULT_MEMORY, default_unit="M")
     if cmdline is None:
         cmdline = "console=ttyS0"
+    from kvmkit.cli.run_resources import memory_backing, resource_spec
     config = VmConfig.build(kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=args.cpus,
+                            resources=resource_spec(args), memory_backing=memory_backing(args),
                             serial=serial, host_compat=args.host_compat, name=args.name,
                             **({"uuid": _uuid(args.uuid)} if args.uuid else {}),
                             start_paused=args.paused, reboot_action=args.reboot, acpi=args.acpi,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import mmap
 import os
 import threading
 import time
@@ -108,6 +107,10 @@ class Machine:
             raise ConfigError(f"--cpus {cfg.cpus} is more than this host's KVM allows ({max_vcpus})")
         if cfg.cpus > 254:
             raise ConfigError(f"--cpus {cfg.cpus}: at most 254 vCPUs without x2APIC support")
+        self.resources = None
+        if cfg.resources is not None and not cfg.resources.empty:
+            from kvmkit.host.resources import VmResources
+            self.resources = VmResources.apply(cfg.resources, cfg.name or "vm", cfg.cpus)
         self.vm = vm = self.kvm.create_vm()
         vm.set_tss_addr(layout.TSS_ADDR)
         vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
@@ -118,9 +121,8 @@ class Machine:
             self.memory = GuestMemory.from_file(str(snap.memory_path), snap.memory_layout(),
                                                 shared=self._shared_memory)
         else:
-            self.memory = GuestMemory.anonymous(layout.ram_layout(cfg.memory))
+            self.memory = GuestMemory.allocate(layout.ram_layout(cfg.memory), cfg.memory_backing)
         for r in self.memory.regions:
-            r.mapping.madvise(mmap.MADV_MERGEABLE) if hasattr(mmap, "MADV_MERGEABLE") else None
             addr = ctypes.addressof(ctypes.c_char.from_buffer(r.mapping))
             vm.set_user_memory_region(r.slot, r.guest_phys_addr, r.size, addr)
         self.irq = KvmInterruptController(vm)
@@ -509,8 +511,7 @@ class Machine:
         self._park_all()
         if self._stopping:
             return
-        for r in self.memory.regions:
-            r.mapping.madvise(mmap.MADV_DONTNEED)  # private anonymous: reads back as zeros
+        self.memory.clear()
         if self.syscall_trap is not None:
             self.syscall_trap.forget()            # the new kernel plants its own handler
         for chip in self._initial_irqchips:
@@ -702,4 +703,6 @@ class Machine:
             self.vm.close()
         if getattr(self, "kvm", None):
             self.kvm.close()
+        if getattr(self, "resources", None) is not None:
+            self.resources.close()
         self.console.close()

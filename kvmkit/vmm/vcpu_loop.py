@@ -14,7 +14,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING
 
-from kvmkit.errors import GuestError
+from kvmkit.errors import GuestError, KvmkitError
 from kvmkit.kvm.constants import IO_OUT, Exit, SystemEvent
 from kvmkit.kvm.vcpu import Vcpu
 
@@ -67,6 +67,12 @@ class VcpuThread(threading.Thread):
 
     def run(self) -> None:
         m = self.machine
+        if m.resources is not None:
+            try:      # before the first KVM_RUN: the guest never runs unpinned or unlimited
+                m.resources.place_vcpu(self.vcpu.id, threading.get_native_id())
+            except KvmkitError as e:
+                m._fail(e)
+                return
         try:
             self._loop()
         except GuestError as e:
