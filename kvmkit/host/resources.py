@@ -130,7 +130,7 @@ def parse_vcpu_pin(text: str) -> tuple[int, frozenset[int]]:
     v, sep, cpus = text.partition(":")
     if not sep or not v.strip().isdigit():
         raise ConfigError(f"--vcpu-pin {text!r}: expected VCPU:CPULIST, e.g. 0:1 or 1:2-3")
-    return int(v), affinity.parse_cpulist(cpus, what=f"--vcpu-pin {text}")
+    return int(v), affinity.parse_cpulist(cpus, what=f"--vcpu-pin {v}: CPU list")
 
 
 def parse_vcpu_sched(text: str) -> VcpuSched:
