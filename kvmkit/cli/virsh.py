@@ -16,7 +16,8 @@ from typing import Any, NoReturn
 
 from kvmkit.errors import KvmkitError
 
-MODULES = ("kvmkit.cli.virsh_domain", "kvmkit.cli.virsh_copies", "kvmkit.cli.virsh_storage")
+MODULES = ("kvmkit.cli.virsh_domain", "kvmkit.cli.virsh_copies", "kvmkit.cli.virsh_storage",
+           "kvmkit.cli.virsh_resources")
 
 
 class LookupFailed(KvmkitError):

@@ -241,6 +241,40 @@ class VmCgroup:
         if h.version == 2 and "cpu" in controllers:
             _write(vm / "cgroup.subtree_control", "+cpu", "enabling per-thread cpu control")
 
+    def ensure(self, controllers: set[str], pid: int, vcpu_tids: list[int]) -> None:
+        """Add the hierarchies of ``controllers`` this tree lacks (a running
+        VMM given a new kind of limit) and place ``pid`` and its vCPU threads there."""
+        host = discover()
+        have = {h.mount for h in self.dirs.values()}
+        made = []
+        try:
+            for c in sorted(controllers):
+                h = host.require(c, "this setting")
+                if h.mount in have:
+                    continue
+                before = set(self.dirs)
+                self._make(h, {c})
+                made += [d for d in self.dirs if d not in before]
+                have.add(h.mount)
+            for vm in made:
+                _write(self._group(vm, "emulator") / "cgroup.procs", str(pid), "moving the VMM into")
+                for i, tid in enumerate(vcpu_tids):
+                    g = vm / f"vcpu{i}"
+                    if g.is_dir():
+                        _write(g / ("cgroup.threads" if self.dirs[vm].version == 2 else "tasks"), str(tid),
+                               "moving a vCPU into")
+        except BaseException:
+            for vm in made:
+                h = self.dirs.pop(vm)
+                try:
+                    _write(h.base / "cgroup.procs", str(pid))
+                    _rmtree(vm)
+                except (OSError, HostResourceError):
+                    pass
+            raise
+        self.host = CgroupHost(tuple(self.dirs.values()))
+        self.placed = True
+
     # --- placing tasks ----------------------------------------------------------------
     def _group(self, vm: Path, child: str) -> Path:
         return vm / child if (vm / child).is_dir() else vm

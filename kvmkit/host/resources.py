@@ -196,3 +196,14 @@ class VmResources:
         if self.cgroup is not None:
             self.cgroup.remove(self.pid)
             self.cgroup = None
+
+
+def release_own() -> None:
+    """Remove a cgroup tree someone else (the manager) made for this VMM,
+    when it ends: the tree is named after this process and would outlive it."""
+    cg = VmCgroup.of_process(os.getpid())
+    if cg is not None:
+        try:
+            cg.remove(os.getpid())
+        except Exception:
+            pass                  # the next VmCgroup.create on the host sweeps it

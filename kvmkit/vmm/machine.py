@@ -705,4 +705,7 @@ class Machine:
             self.kvm.close()
         if getattr(self, "resources", None) is not None:
             self.resources.close()
+        elif getattr(self, "threads", None):
+            from kvmkit.host.resources import release_own
+            release_own()                 # a tree the manager made for a live setting
         self.console.close()
