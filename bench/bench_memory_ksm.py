@@ -150,6 +150,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0)
     a = ap.parse_args()
     memory = a.memory or ("128M" if a.guest == "fast" else "64M")
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # ksmd's settings and the VMs still get cleaned up
     with ksm.tuned(run=1, pages_to_scan=20000, sleep_millisecs=10):
         off = run(a.guest, a.count, False, memory, a.timeout)
         on = run(a.guest, a.count, True, memory, a.timeout)

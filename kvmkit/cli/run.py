@@ -114,16 +114,8 @@ MACHINE_OPTIONS = ("kernel", "initrd", "cmdline", "memory", "disk", "net", "virt
 
 
 def _restore_spec(text: str) -> tuple[str, bool]:
-    path, _, opts = text.partition(",")
-    shared = False
-    for opt in (o for o in opts.split(",") if o):
-        key, _, value = opt.partition("=")
-        if key != "shared" or value not in ("on", "off"):
-            raise ConfigError(f"--restore {text}: unknown option {opt!r} (known: shared=on|off)")
-        shared = value == "on"
-    if not path:
-        raise ConfigError("--restore: a snapshot directory is required")
-    return path, shared
+    from kvmkit.cli.run_resources import path_and_switch
+    return path_and_switch(text, "--restore", "shared", "a snapshot directory")
 
 
 def _restored_machine(args: argparse.Namespace, serial):

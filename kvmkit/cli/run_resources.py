@@ -83,14 +83,14 @@ def resource_spec(args: argparse.Namespace):
 
 def memory_backing(args: argparse.Namespace):
     """The guest-memory options as a MemoryBacking (None: the default)."""
-    from kvmkit.memory.backing import MemoryBacking, parse_mem_file
+    from kvmkit.memory.backing import MemoryBacking
     given = [o for o, on in (("--hugepages", args.hugepages), ("--mem-path", args.mem_path),
                              ("--mem-file", args.mem_file)) if on]
     if len(given) > 1 and given != ["--hugepages", "--mem-path"]:
         raise ConfigError(f"{' and '.join(given)} cannot be given together (one backing for guest RAM)")
     mergeable = args.ksm == "on"
     if args.mem_file:
-        path, shared = parse_mem_file(args.mem_file)
+        path, shared = path_and_switch(args.mem_file, "--mem-file", "share", "a path")
         b = MemoryBacking("file", path, shared=shared or args.mem_shared, mergeable=mergeable,
                           prealloc=args.mem_prealloc)
     elif args.hugepages or args.mem_path:
@@ -99,6 +99,20 @@ def memory_backing(args: argparse.Namespace):
     else:
         b = MemoryBacking(shared=args.mem_shared, mergeable=mergeable, prealloc=args.mem_prealloc)
     return None if b == MemoryBacking() else b
+
+
+def path_and_switch(text: str, option: str, key: str, missing: str) -> tuple[str, bool]:
+    """``PATH[,KEY=on|off]``, as ``--mem-file`` and ``--restore`` take it."""
+    path, _, opts = text.partition(",")
+    on = False
+    for opt in (o for o in opts.split(",") if o):
+        name, _, value = opt.partition("=")
+        if name != key or value not in ("on", "off"):
+            raise ConfigError(f"{option} {text}: unknown option {opt!r} (known: {key}=on|off)")
+        on = value == "on"
+    if not path:
+        raise ConfigError(f"{option}: {missing} is required")
+    return path, on
 
 
 OPTIONS = ("cpu_affinity", "vcpu_pin", "emulator_pin", "cpu_shares", "cpu_quota", "vcpu_quota", "emulator_quota",

@@ -119,45 +119,39 @@ def node_memory_tune(host, a) -> str:
     return "Shared memory:\n" + "".join(f"\t{k:<20} {v}\n" for k, v in rows)
 
 
-def _modes_args(p: argparse.ArgumentParser) -> None:
+def _on_domain(sub: Any, name: str, run: Any, help: str, failure: str | None = None) -> argparse.ArgumentParser:
+    """A command on one domain taking virsh's --config/--live/--current."""
+    p = command(sub, name, run, help, failure)
+    p.add_argument("domain", metavar="DOMAIN", help="domain name, id or uuid")
     for flag in ("--config", "--live", "--current"):
         p.add_argument(flag, action="store_true")
+    return p
 
 
 def register(sub: Any) -> None:
-    p = command(sub, "vcpupin", vcpupin, "control or query domain vcpu affinity",
-                "Failed to pin vcpu of domain '{domain}'")
-    p.add_argument("domain", metavar="DOMAIN")
+    p = _on_domain(sub, "vcpupin", vcpupin, "control or query domain vcpu affinity",
+                    "Failed to pin vcpu of domain '{domain}'")
     p.add_argument("vcpu_pos", nargs="?", type=int, metavar="VCPU")
     p.add_argument("cpulist_pos", nargs="?", metavar="CPULIST")
     p.add_argument("--vcpu", type=int)
     p.add_argument("--cpulist")
-    _modes_args(p)
-    p = command(sub, "emulatorpin", emulatorpin, "control or query domain emulator affinity",
-                "Failed to pin emulator of domain '{domain}'")
-    p.add_argument("domain", metavar="DOMAIN")
+    p = _on_domain(sub, "emulatorpin", emulatorpin, "control or query domain emulator affinity",
+                    "Failed to pin emulator of domain '{domain}'")
     p.add_argument("cpulist", nargs="?", metavar="CPULIST")
-    _modes_args(p)
-    p = command(sub, "schedinfo", schedinfo, "show/set scheduler parameters (cpu_shares, vcpu_period/quota, "
-                "emulator_period/quota, global_period/quota)", "Failed to set scheduler parameters of '{domain}'")
-    p.add_argument("domain", metavar="DOMAIN")
+    p = _on_domain(sub, "schedinfo", schedinfo, "show/set scheduler parameters (cpu_shares, vcpu_period/quota, "
+                    "emulator_period/quota, global_period/quota)", "Failed to set scheduler parameters of '{domain}'")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
-    _modes_args(p)
-    p = command(sub, "memtune", memtune, "get or set memory parameters (KiB; -1 unlimited)",
-                "Failed to set memory parameters of '{domain}'")
-    p.add_argument("domain", metavar="DOMAIN")
+    p = _on_domain(sub, "memtune", memtune, "get or set memory parameters (KiB; -1 unlimited)",
+                    "Failed to set memory parameters of '{domain}'")
     p.add_argument("--hard-limit", metavar="KIB")
     p.add_argument("--soft-limit", metavar="KIB")
-    _modes_args(p)
-    p = command(sub, "setmaxmem", setmaxmem, "change maximum memory limit (the domain's <memory>)",
-                "Failed to set maximum memory of domain '{domain}'")
-    p.add_argument("domain", metavar="DOMAIN")
+    p = _on_domain(sub, "setmaxmem", setmaxmem, "change maximum memory limit (the domain's <memory>)",
+                    "Failed to set maximum memory of domain '{domain}'")
     p.add_argument("size", metavar="SIZE", help="scaled integer (default KiB)")
-    _modes_args(p)
     p = command(sub, "domstats", domstats, "get statistics about one or multiple domains")
     for attr, group in GROUPS:
         p.add_argument(f"--{group}", dest=attr, action="store_true")
-    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p.add_argument("domains", nargs="*", metavar="DOMAIN", help="domains (default: every running one)")
     command(sub, "nodeinfo", nodeinfo, "node information (with the host's KSM figures)")
     p = command(sub, "node-memory-tune", node_memory_tune, "get or set the host's KSM parameters")
     for k in ("pages_to_scan", "sleep_millisecs", "merge_across_nodes"):

@@ -172,16 +172,3 @@ class MemoryBacking:
                                                 f"{exc.strerror} after {format_size(bar.n)}") from None
                     bar.update(n)
 
-
-def parse_mem_file(text: str) -> tuple[str, bool]:
-    """``PATH[,share=on|off]`` (``kvmkit run --mem-file``)."""
-    path, _, opts = text.partition(",")
-    shared = False
-    for opt in (o for o in opts.split(",") if o):
-        key, _, value = opt.partition("=")
-        if key != "share" or value not in ("on", "off"):
-            raise ConfigError(f"--mem-file {text}: unknown option {opt!r} (known: share=on|off)")
-        shared = value == "on"
-    if not path:
-        raise ConfigError("--mem-file: a path is required")
-    return path, shared

@@ -33,6 +33,16 @@ def install_kick_handler() -> None:
         signal.signal(KICK_SIGNAL, lambda *_: None)
 
 
+def _name_thread(name: str) -> None:
+    """The calling thread's name in /proc/PID/task/TID/comm (QEMU's "CPU 0/KVM"),
+    so ps, top and a manager can tell vCPU threads apart."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)   # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 class VcpuThread(threading.Thread):
     def __init__(self, machine: "Machine", vcpu: Vcpu) -> None:
         super().__init__(name=f"vcpu{vcpu.id}", daemon=True)
@@ -67,6 +77,7 @@ class VcpuThread(threading.Thread):
 
     def run(self) -> None:
         m = self.machine
+        _name_thread(f"CPU {self.vcpu.id}/KVM")
         if m.resources is not None:
             try:      # before the first KVM_RUN: the guest never runs unpinned or unlimited
                 m.resources.place_vcpu(self.vcpu.id, threading.get_native_id())

@@ -109,3 +109,11 @@ def test_a_killed_vmm_s_cgroups_are_swept(tiny_guest):
     with Vmm(tiny_guest("counter"), "--cpu-quota", "50%") as other:
         other.vcpu_tids()
         assert kvmkit_cgroups(vm.pid) == []        # the next VMM swept them
+
+
+def test_vcpu_threads_are_named_and_reported_by_query_cpus_fast(tiny_guest):
+    from pathlib import Path
+    with Vmm(tiny_guest("idle"), cpus=2) as vm:
+        tids = vm.vcpu_tids()
+        names = [Path(f"/proc/{vm.pid}/task/{t}/comm").read_text().strip() for t in tids]
+        assert names == ["CPU 0/KVM", "CPU 1/KVM"]

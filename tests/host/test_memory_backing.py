@@ -114,11 +114,13 @@ def test_hugetlbfs_mem_path(tiny_guest, machine):
 def test_no_hugepages_reserved_is_a_clear_error(tiny_guest):
     avail = hugepages.pools()[HUGE].available
     memory = max(64 << 20, (avail + 1) * HUGE)
+    before = set(kvmkit_cgroups())
     r = run_vmm(tiny_guest("counter"), "--hugepages", "--cpu-quota", "50%", memory=f"{memory >> 20}M")
     assert r.returncode == 1
     line = r.stderr.strip().splitlines()[-1]
     assert "huge pages of 2048 KiB" in line and f"the host has {avail} free" in line, r.stderr
     assert "Traceback" not in r.stderr
+    assert set(kvmkit_cgroups()) <= before          # the cgroup made for --cpu-quota went with the failure
     with pytest.raises(HostResourceError, match="needs"):
         MemoryBacking("hugepages").map([(0, memory)])
 

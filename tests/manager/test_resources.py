@@ -202,3 +202,33 @@ def test_live_bad_values_change_nothing(host, tiny_guest, virsh):
     r = virsh("schedinfo", "lb", "--set", "nonsense=1")
     assert r.returncode == 1 and "invalid scheduler parameter 'nonsense'" in r.stderr
     assert VmCgroup.of_process(pid) is None           # nothing was made for the refused values
+
+
+FULL_TUNING = ("<cputune><vcpupin vcpu='0' cpuset='1'/><vcpupin vcpu='1' cpuset='0-1,^0'/><emulatorpin cpuset='0'/>"
+               "<shares>2048</shares><period>100000</period><quota>-1</quota><global_period>50000</global_period>"
+               "<global_quota>25000</global_quota><emulator_period>100000</emulator_period>"
+               "<emulator_quota>30000</emulator_quota><vcpusched vcpus='1' scheduler='fifo' priority='4'/>"
+               "</cputune><memtune><hard_limit unit='GiB'>1</hard_limit><soft_limit unit='MiB'>512</soft_limit>"
+               "</memtune><memoryBacking><hugepages/><nosharepages/><source type='memfd'/><access mode='shared'/>"
+               "<allocation mode='immediate'/></memoryBacking>")
+
+
+def test_tuning_round_trips_and_validates(tiny_guest, tmp_path):
+    import subprocess
+    from kvmkit.manager.domain_parse import parse_domain
+    from kvmkit.manager.domain_xml import domain_xml
+    from kvmkit.manager.launch import tuning_args
+    xml = tuned_xml("rt", tiny_guest("idle"), FULL_TUNING, vcpus=2).replace("<vcpu>2</vcpu>",
+                                                                           "<vcpu cpuset='0-1'>2</vcpu>")
+    d = parse_domain(xml)
+    out = domain_xml(d)
+    assert parse_domain(out) == d
+    f = tmp_path / "rt.xml"
+    f.write_text(out)
+    r = subprocess.run(["virt-xml-validate", str(f), "domain"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr + out
+    assert tuning_args(d.tuning) == [
+        "--cpu-affinity", "0-1", "--vcpu-pin", "0:1", "--vcpu-pin", "1:0-1,^0", "--emulator-pin", "0",
+        "--cpu-shares", "2048", "--vcpu-quota=-1/100000", "--cpu-quota=25000/50000",
+        "--emulator-quota=30000/100000", "--vcpu-sched", "1:fifo:4", "--memory-limit", "1048576K",
+        "--memory-soft-limit", "524288K", "--ksm", "off", "--hugepages", "--mem-shared", "--mem-prealloc"]
