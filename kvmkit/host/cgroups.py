@@ -339,6 +339,16 @@ class VmCgroup:
         q, p = (_read(d / "cpu.max") or "max 100000").split()
         return int(p), -1 if q == "max" else int(q)
 
+    def throttling(self, scope: str = "global") -> dict[str, int]:
+        """CFS bandwidth counters of ``scope``: nr_periods, nr_throttled,
+        throttled_time (ns; v2's throttled_usec converted)."""
+        d, _ = self._cpu_dir(scope)[0]
+        stat = dict(ln.split() for ln in (_read(d / "cpu.stat") or "").splitlines() if len(ln.split()) == 2)
+        out = {k: int(stat.get(k, 0)) for k in ("nr_periods", "nr_throttled")}
+        out["throttled_time"] = int(stat["throttled_time"]) if "throttled_time" in stat else \
+            int(stat.get("throttled_usec", 0)) * 1000
+        return out
+
     def grant_rt(self, vcpus: list[int]) -> None:
         """A real-time budget for these vCPUs' groups, where the kernel has
         real-time group scheduling (v1 ``cpu.rt_runtime_us``); without one a

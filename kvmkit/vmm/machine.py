@@ -388,6 +388,8 @@ class Machine:
         self.threads = [VcpuThread(self, v) for v in self.vcpus]
         for t in self.threads:
             t.start()
+        for t in self.threads:           # each placed itself (cgroup, CPUs, scheduler) before its first KVM_RUN
+            t.ready.wait(10)
         return self
 
     def __enter__(self) -> "Machine":
@@ -550,7 +552,7 @@ class Machine:
     def query_cpus(self) -> list[dict[str, Any]]:
         out = []
         for i, t in enumerate(self.threads or [None] * len(self.vcpus)):
-            out.append({"cpu-index": i, "thread-id": t.native_id if t else os.getpid(),
+            out.append({"cpu-index": i, "thread-id": t.native_id if t and t.ready.is_set() else os.getpid(),
                         "qom-path": f"/machine/unattached/device[{i}]", "target": "x86_64",
                         "props": {"core-id": 0, "thread-id": 0, "socket-id": i, "node-id": 0}})
         return out

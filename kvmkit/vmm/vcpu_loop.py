@@ -52,6 +52,7 @@ class VcpuThread(threading.Thread):
         self.exit_counts: dict[int, int] = {}
         self.profiler = None             # a kvmkit.vmm.profiler.Profiler while one samples
         self._sample_requested = False
+        self.ready = threading.Event()   # set once the thread runs with its pinning and scheduler in place
 
     def request_sample(self) -> None:
         """Ask for one RIP sample: kick the vCPU out of KVM_RUN; the loop
@@ -82,8 +83,10 @@ class VcpuThread(threading.Thread):
             try:      # before the first KVM_RUN: the guest never runs unpinned or unlimited
                 m.resources.place_vcpu(self.vcpu.id, threading.get_native_id())
             except KvmkitError as e:
+                self.ready.set()
                 m._fail(e)
                 return
+        self.ready.set()
         try:
             self._loop()
         except GuestError as e:

@@ -51,9 +51,15 @@ class Vmm:
 
     def vcpu_tids(self, timeout: float = 20) -> list[int]:
         """From QMP query-cpus-fast, once the vCPU threads exist."""
+        from qemu.qmp import ConnectError
         deadline = time.monotonic() + timeout
         while True:
-            cpus = qmp(self.qmp_path, "query-cpus-fast")
+            try:
+                cpus = qmp(self.qmp_path, "query-cpus-fast")
+            except ConnectError:          # the socket exists a moment before it listens
+                assert time.monotonic() < deadline, "the VMM's QMP socket never answered"
+                time.sleep(0.05)
+                continue
             tids = [c["thread-id"] for c in cpus]
             if all(t != self.pid and os.path.exists(f"/proc/{self.pid}/task/{t}") for t in tids):
                 return tids
