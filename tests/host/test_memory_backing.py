@@ -172,3 +172,26 @@ def test_ksm_merges_identical_guests_only_when_on(tiny_guest, on):
     finally:
         for v in vms:
             v.stop()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_reset_clears_file_backed_ram(tiny_guest, machine, tmp_path, shared):
+    path = tmp_path / "guest-ram"
+    with open(path, "wb") as f:                      # a private mapping starts from the file's contents
+        f.truncate(64 << 20)
+        f.seek(0x800000)
+        f.write(b"from file")
+    m = machine(tiny_guest("counter"), memory_backing=MemoryBacking("file", str(path), shared=shared))
+    _counting(m)
+    assert m.memory.read(0x800000, 9) == b"from file"
+    m.pause()
+    m.memory.write(0x800000, b"left over")          # RAM the new boot does not load anything into
+    m.reset()
+    assert m.memory.read(0x800000, 9) == bytes(9)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 9, 0x800000) == (bytes(9) if shared else b"from file")   # private: untouched
+    finally:
+        os.close(fd)
+    m.resume()
+    _counting(m)                                     # and the guest boots again
