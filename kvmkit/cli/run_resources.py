@@ -48,7 +48,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="guest RAM in an unlinked file in DIR, a hugetlbfs mount (QEMU's -mem-path)")
     m.add_argument("--mem-file", metavar="PATH[,share=on]",
                    help="guest RAM backed by the file PATH (created or grown to the RAM size); share=on "
-                        "writes guest memory through to it (other processes mapping it see the guest's RAM)")
+                        "writes guest memory through to it (other processes mapping it see the guest's RAM); "
+                        "put it on tmpfs (/dev/shm) or hugetlbfs: on a disk, writeback makes the guest slow")
     m.add_argument("--mem-shared", action="store_true",
                    help="shared anonymous guest RAM (a memfd: what vhost-user backends map)")
     m.add_argument("--mem-prealloc", action="store_true",

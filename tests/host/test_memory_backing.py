@@ -156,17 +156,18 @@ def test_ksm_merges_identical_guests_only_when_on(tiny_guest, on):
             v.wait_ready()
             v.vcpu_tids()
         with ksm.tuned(run=1, pages_to_scan=20000, sleep_millisecs=10):
-            start = ksm.host_figures()["pages_sharing"]
             deadline = time.monotonic() + (30 if on else 6)
             while time.monotonic() < deadline:
                 merged = [_merging(v.pid) for v in vms]
                 if on and all(n >= 1000 for n in merged):
                     break
                 time.sleep(0.25)
-            rise = ksm.host_figures()["pages_sharing"] - start
+            host = ksm.host_figures()["pages_sharing"]
         if on:
             assert all(n >= 1000 for n in merged), merged   # the 4 MiB pattern: 1024 pages each
-            assert rise >= 2000, rise
+            # the host's count holds ours (merged into a handful of KSM pages) and other VMs' on this
+            # shared machine, which come and go: it is at least ours, whatever theirs did meanwhile
+            assert host >= sum(merged) - 16, (host, merged)
         else:
             assert merged == [0, 0, 0]
     finally:
