@@ -78,6 +78,8 @@ def add_parser(subparsers: Any) -> None:
                    help="no ACPI tables or power-management ports (MP table only; "
                         "QMP system_powerdown then sends Ctrl-Alt-Del)")
     _add_virtio_options(p)
+    from kvmkit.cli.run_resources import add_options
+    add_options(p)
     p.set_defaults(handler=cmd_run)
 
 
@@ -124,16 +126,8 @@ MACHINE_OPTIONS = ("kernel", "initrd", "cmdline", "memory", "disk", "net", "virt
 
 
 def _restore_spec(text: str) -> tuple[str, bool]:
-    path, _, opts = text.partition(",")
-    shared = False
-    for opt in (o for o in opts.split(",") if o):
-        key, _, value = opt.partition("=")
-        if key != "shared" or value not in ("on", "off"):
-            raise ConfigError(f"--restore {text}: unknown option {opt!r} (known: shared=on|off)")
-        shared = value == "on"
-    if not path:
-        raise ConfigError("--restore: a snapshot directory is required")
-    return path, shared
+    from kvmkit.cli.run_resources import path_and_switch
+    return path_and_switch(text, "--restore", "shared", "a snapshot directory")
 
 
 def check_restore_options(args: argparse.Namespace, option: str = "--restore", source: str = "snapshot") -> None:
@@ -148,7 +142,9 @@ def _restored_machine(args: argparse.Namespace, serial):
     from kvmkit.vmm.machine import Machine
     check_restore_options(args)
     path, shared = _restore_spec(args.restore)
-    return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused)
+    from kvmkit.cli.run_resources import resource_spec
+    return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused,
+                           resources=resource_spec(args))
 
 
 def _incoming_machine(args: argparse.Namespace, serial):
@@ -201,7 +197,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     memory = memory if memory is not None else parse_size(DEFAULT_MEMORY, default_unit="M")
     if cmdline is None:
         cmdline = "console=ttyS0"
+    from kvmkit.cli.run_resources import memory_backing, resource_spec
     config = VmConfig.build(kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=args.cpus,
+                            resources=resource_spec(args), memory_backing=memory_backing(args),
                             serial=serial, host_compat=args.host_compat, name=args.name,
                             **({"uuid": _uuid(args.uuid)} if args.uuid else {}),
                             start_paused=args.paused, reboot_action=args.reboot, acpi=args.acpi,

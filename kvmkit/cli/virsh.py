@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from kvmkit.errors import KvmkitError
 
 MODULES = ("kvmkit.cli.virsh_domain", "kvmkit.cli.virsh_copies", "kvmkit.cli.virsh_storage",
-           "kvmkit.cli.virsh_network")
+           "kvmkit.cli.virsh_network", "kvmkit.cli.virsh_resources")
 
 
 class LookupFailed(KvmkitError):

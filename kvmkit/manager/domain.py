@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import random
 import uuid as _uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from kvmkit.manager.tuning import DomainTuning
 
 MAC_PREFIX = "52:54:00"          # the locally administered prefix libvirt and QEMU use
 
@@ -87,6 +89,7 @@ class DomainDef:
     title: str | None = None
     description: str | None = None
     metadata: str | None = None   # the <metadata> element as text, kept verbatim
+    tuning: DomainTuning = field(default_factory=DomainTuning)   # cputune, memtune, memoryBacking
 
     def replace(self, **changes) -> "DomainDef":
         return dataclasses.replace(self, **changes)

@@ -16,6 +16,7 @@ import uuid as _uuid
 from kvmkit.manager.domain import CharDev, Disk, DomainDef, Interface, Vsock, new_mac, new_uuid
 from kvmkit.manager.errors import Unsupported
 from kvmkit.manager.reader import Reader
+from kvmkit.manager.tuning import parse_tuning
 from kvmkit.manager.units import scaled
 from kvmkit.manager.xmltree import parse as parse_tree
 from kvmkit.manager.xmltree import serialise
@@ -41,6 +42,10 @@ def parse_domain(text: str | bytes, source: str = "(domain_definition)") -> Doma
         name=name, uuid=_uuid_of(r), **_memory(r), vcpus=_vcpus(r), **_os(r), **_features(r),
         **_lifecycle(r), title=r.child_text("title"), description=r.child_text("description"),
         metadata=_metadata(r), **_devices(r))
+    dom = dom.replace(tuning=parse_tuning(r, dom.vcpus))
+    if dom.tuning.hard_limit is not None and dom.tuning.hard_limit < dom.memory:
+        raise r.child("memtune").error(f"hard_limit {dom.tuning.hard_limit >> 10} KiB is below the domain's "
+                                       f"memory ({dom.memory >> 10} KiB)")
     _clock(r)
     r.done()
     if unsupported:
@@ -97,6 +102,7 @@ def _vcpus(r: Reader) -> int:
     if c is None:
         return 1
     c.attr("placement", ("static",))
+    c.attr("cpuset")                            # read with <cputune> (kvmkit.manager.tuning)
     c.done()
     if not c.text.isdigit() or not 1 <= int(c.text) <= 255:
         raise c.error(f"{c.text!r} is not a vCPU count (1-255)")

@@ -4,6 +4,7 @@ elements spelled out), so that libvirt's own schema accepts it."""
 
 from __future__ import annotations
 
+from kvmkit.manager import tuning
 from kvmkit.manager.domain import CharDev, Disk, DomainDef, Interface
 from kvmkit.manager.xmltree import Node, element, parse, serialise
 
@@ -19,7 +20,9 @@ def domain_xml(d: DomainDef, *, domain_id: int | None = None, vsock_cid: int | N
         parse(d.metadata) if d.metadata else None,
         element("memory", kib(d.memory), unit="KiB"),
         element("currentMemory", kib(d.current_memory), unit="KiB"),
-        element("vcpu", str(d.vcpus), placement="static"),
+        tuning.memtune_xml(d.tuning), tuning.memory_backing_xml(d.tuning),
+        element("vcpu", str(d.vcpus), placement="static", cpuset=d.tuning.cpuset),
+        tuning.cputune_xml(d.tuning),
         element("os", children=[
             element("type", "hvm", arch="x86_64", machine=d.machine),
             element("kernel", d.kernel),

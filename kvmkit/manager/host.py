@@ -27,13 +27,15 @@ from kvmkit.manager.errors import NoDomain, OperationInvalid
 from kvmkit.manager.info import DomainInfo, live_info, shutoff_info
 from kvmkit.manager.launch import console_socket
 from kvmkit.manager.locks import locked
+from kvmkit.manager.resources import ResourceCommands
 from kvmkit.manager.rundir import RunDir
 from kvmkit.manager.statedir import StateDir, default_state_dir
 from kvmkit.manager.store import DefinitionStore
 from kvmkit.manager.vmmlink import qmp_raw
 
-class Host:
-    """One state directory's domains, storage pools and snapshots."""
+class Host(ResourceCommands):
+    """One state directory's domains, storage pools and snapshots (and the
+    resource commands of :mod:`kvmkit.manager.resources`)."""
 
     def __init__(self, state_dir: str | os.PathLike | None = None) -> None:
         self.sd = StateDir.open(state_dir if state_dir is not None else default_state_dir())

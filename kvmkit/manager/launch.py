@@ -74,6 +74,7 @@ def vmm_argv(d: DomainDef, rd: RunDir, live: LiveValues) -> list[str]:
         argv += ["--balloon", f"deflate-on-oom={'on' if d.balloon_autodeflate else 'off'}"]
     if d.vsock is not None and live.vsock_cid is not None:
         argv += ["--vsock", f"cid={live.vsock_cid},uds={rd.vsock_socket.name}"]
+    argv += tuning_args(d.tuning)
     return argv
 
 
@@ -85,6 +86,14 @@ def restore_argv(d: DomainDef, rd: RunDir, state: Path, paused: bool) -> list[st
             "--qmp", f"unix:{rd.qmp_socket.name},server,wait=off", "--exit-file", rd.exit_file.name,
             "--serial", _serial(d, rd)]
     return argv + (["--paused"] if paused else [])
+
+
+def tuning_args(t) -> list[str]:
+    """<cputune>, <memtune>, <memoryBacking> as ``kvmkit run`` options."""
+    from kvmkit.host.hugepages import hugetlbfs_mounts
+    from kvmkit.manager.tuning import vmm_args
+    mounts = hugetlbfs_mounts() if t.hugepages and t.source == "file" else {}
+    return vmm_args(t, str(next(iter(mounts))) if mounts else None)
 
 
 def _serial(d: DomainDef, rd: RunDir) -> str:

@@ -14,8 +14,12 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvmkit.errors import GuestMemoryError, HostResourceError
+
+if TYPE_CHECKING:
+    from kvmkit.memory.backing import MemoryBacking
 
 
 @dataclass
@@ -61,21 +65,26 @@ class GuestMemory:
         # only sees the guest's own stores; the VMM's (virtio rings and
         # buffers, the syscall trap) go through here.
         self.dirty_pages: set[int] | None = None
+        self.backing: "MemoryBacking | None" = None
 
     @classmethod
     def anonymous(cls, layout: list[tuple[int, int]]) -> "GuestMemory":
         """Allocate anonymous private mappings for ``[(gpa, size), ...]``."""
-        regions: list[MemoryRegion] = []
-        for slot, (gpa, size) in enumerate(layout):
-            try:
-                m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
-            except (OSError, OverflowError) as exc:
-                for r in regions:
-                    r.mapping.close()
-                raise _ram_error(sum(s for _, s in layout), exc) from None
-            regions.append(MemoryRegion(gpa, size, m, slot, anonymous=True))
-        return cls(regions)
+        return cls.allocate(layout)
+
+    @classmethod
+    def allocate(cls, layout: list[tuple[int, int]], backing: "MemoryBacking | None" = None) -> "GuestMemory":
+        """Map ``[(gpa, size), ...]`` as ``backing`` says (default: anonymous,
+        private, KSM-mergeable; see :mod:`kvmkit.memory.backing`)."""
+        from kvmkit.memory.backing import MemoryBacking
+        backing = backing or MemoryBacking()
+        maps = backing.map(layout)
+        # private anonymous RAM: a page never present reads as zero (migration skips it by pagemap)
+        anonymous = backing.kind == "anonymous" and not backing.shared
+        mem = cls([MemoryRegion(gpa, size, m, slot, anonymous=anonymous)
+                   for slot, ((gpa, size), m) in enumerate(zip(layout, maps))])
+        mem.backing = backing
+        return mem
 
     @classmethod
     def from_file(cls, path: str, layout: list[tuple[int, int, int]], *, shared: bool = False) -> "GuestMemory":
@@ -83,7 +92,7 @@ class GuestMemory:
         (``MAP_PRIVATE``: the guest's writes stay in this process, the file
         is untouched and reads happen page by page as the guest touches
         them) or, with ``shared``, writable through to the file."""
-        import os
+        from kvmkit.memory.backing import MemoryBacking
         regions = []
         fd = os.open(path, os.O_RDWR if shared else os.O_RDONLY)
         try:
@@ -93,7 +102,11 @@ class GuestMemory:
                 regions.append(MemoryRegion(gpa, size, m, slot))
         finally:
             os.close(fd)
-        return cls(regions)
+        mem = cls(regions)
+        mem.backing = MemoryBacking("file", path, shared=shared)
+        for r in regions:
+            mem.backing.advise(r.mapping)        # the copy-on-write pages are anonymous: mergeable
+        return mem
 
     @property
     def regions(self) -> list[MemoryRegion]:
@@ -154,6 +167,22 @@ class GuestMemory:
 
     def write_u64(self, gpa: int, value: int) -> None:
         struct.pack_into("<Q", self.view(gpa, 8), 0, value & 0xFFFFFFFFFFFFFFFF)
+
+    def clear(self) -> None:
+        """All of guest RAM reads back as zeros (a power cycle): private
+        anonymous pages are dropped; shared or file pages are punched out of
+        their file (``MADV_REMOVE``) or, copy-on-write over a file, zeroed."""
+        b = self.backing
+        for r in self._regions:
+            if b is None or (not b.shared and b.kind != "file"):
+                r.mapping.madvise(mmap.MADV_DONTNEED)
+            elif b.shared:
+                r.mapping.madvise(mmap.MADV_REMOVE)
+            else:
+                zeros = bytes(1 << 20)
+                for off in range(0, r.size, len(zeros)):
+                    n = min(len(zeros), r.size - off)
+                    r.mapping[off:off + n] = zeros[:n]
 
     def close(self) -> None:
         for r in self._regions:

@@ -66,6 +66,8 @@ class VmConfig:
     reboot_action: str = "exit"         # exit | reset: what a guest reboot does
     virtio: Any = None                  # kvmkit.devices.virtio.config.VirtioSpecs, when present
     acpi: bool = True                   # ACPI tables + PM1 block: guest poweroff and a power button
+    resources: Any = None               # kvmkit.host.resources.ResourceSpec: pinning, cgroup limits
+    memory_backing: Any = None          # kvmkit.memory.backing.MemoryBacking (None: anonymous, KSM on)
 
     def __post_init__(self) -> None:
         if self.memory < MIN_MEMORY:
@@ -76,6 +78,8 @@ class VmConfig:
             raise ConfigError(f"host-compat must be auto, on or off, not {self.host_compat!r}")
         if self.reboot_action not in ("exit", "reset"):
             raise ConfigError(f"reboot action must be exit or reset, not {self.reboot_action!r}")
+        if self.resources is not None:
+            self.resources.validate(self.cpus, self.memory)
         for label, path in (("kernel", self.kernel), ("initrd", self.initrd)):
             if path is None:
                 continue

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import mmap
 import os
 import threading
 import time
@@ -113,6 +112,10 @@ class Machine:
             raise ConfigError(f"--cpus {cfg.cpus} is more than this host's KVM allows ({max_vcpus})")
         if cfg.cpus > 254:
             raise ConfigError(f"--cpus {cfg.cpus}: at most 254 vCPUs without x2APIC support")
+        self.resources = None
+        if cfg.resources is not None and not cfg.resources.empty:
+            from kvmkit.host.resources import VmResources
+            self.resources = VmResources.apply(cfg.resources, cfg.name or "vm", cfg.cpus)
         self.vm = vm = self.kvm.create_vm()
         vm.set_tss_addr(layout.TSS_ADDR)
         vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
@@ -121,9 +124,8 @@ class Machine:
         if self._restore_from is not None:
             self.memory = self._restore_from.map_memory(self._shared_memory)
         else:
-            self.memory = GuestMemory.anonymous(layout.ram_layout(cfg.memory))
+            self.memory = GuestMemory.allocate(layout.ram_layout(cfg.memory), cfg.memory_backing)
         for r in self.memory.regions:
-            r.mapping.madvise(mmap.MADV_MERGEABLE) if hasattr(mmap, "MADV_MERGEABLE") else None
             addr = ctypes.addressof(ctypes.c_char.from_buffer(r.mapping))
             vm.set_user_memory_region(r.slot, r.guest_phys_addr, r.size, addr)
         self.irq = KvmInterruptController(vm)
@@ -407,6 +409,8 @@ class Machine:
         self.threads = [VcpuThread(self, v) for v in self.vcpus]
         for t in self.threads:
             t.start()
+        for t in self.threads:           # each placed itself (cgroup, CPUs, scheduler) before its first KVM_RUN
+            t.ready.wait(10)
         return self
 
     def __enter__(self) -> "Machine":
@@ -530,8 +534,7 @@ class Machine:
         self._park_all()
         if self._stopping:
             return
-        for r in self.memory.regions:
-            r.mapping.madvise(mmap.MADV_DONTNEED)  # private anonymous: reads back as zeros
+        self.memory.clear()
         if self.syscall_trap is not None:
             self.syscall_trap.forget()            # the new kernel plants its own handler
         for chip in self._initial_irqchips:
@@ -570,7 +573,7 @@ class Machine:
     def query_cpus(self) -> list[dict[str, Any]]:
         out = []
         for i, t in enumerate(self.threads or [None] * len(self.vcpus)):
-            out.append({"cpu-index": i, "thread-id": t.native_id if t else os.getpid(),
+            out.append({"cpu-index": i, "thread-id": t.native_id if t and t.ready.is_set() else os.getpid(),
                         "qom-path": f"/machine/unattached/device[{i}]", "target": "x86_64",
                         "props": {"core-id": 0, "thread-id": 0, "socket-id": i, "node-id": 0}})
         return out
@@ -781,4 +784,9 @@ class Machine:
             self.vm.close()
         if getattr(self, "kvm", None):
             self.kvm.close()
+        if getattr(self, "resources", None) is not None:
+            self.resources.close()
+        elif getattr(self, "threads", None):
+            from kvmkit.host.resources import release_own
+            release_own()                 # a tree the manager made for a live setting
         self.console.close()

@@ -14,7 +14,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING
 
-from kvmkit.errors import GuestError
+from kvmkit.errors import GuestError, KvmkitError
 from kvmkit.kvm.constants import IO_OUT, Exit, SystemEvent
 from kvmkit.kvm.vcpu import Vcpu
 
@@ -33,6 +33,16 @@ def install_kick_handler() -> None:
         signal.signal(KICK_SIGNAL, lambda *_: None)
 
 
+def _name_thread(name: str) -> None:
+    """The calling thread's name in /proc/PID/task/TID/comm (QEMU's "CPU 0/KVM"),
+    so ps, top and a manager can tell vCPU threads apart."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)   # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 class VcpuThread(threading.Thread):
     def __init__(self, machine: "Machine", vcpu: Vcpu) -> None:
         super().__init__(name=f"vcpu{vcpu.id}", daemon=True)
@@ -42,6 +52,7 @@ class VcpuThread(threading.Thread):
         self.exit_counts: dict[int, int] = {}
         self.profiler = None             # a kvmkit.vmm.profiler.Profiler while one samples
         self._sample_requested = False
+        self.ready = threading.Event()   # set once the thread runs with its pinning and scheduler in place
 
     def request_sample(self) -> None:
         """Ask for one RIP sample: kick the vCPU out of KVM_RUN; the loop
@@ -67,6 +78,15 @@ class VcpuThread(threading.Thread):
 
     def run(self) -> None:
         m = self.machine
+        _name_thread(f"CPU {self.vcpu.id}/KVM")
+        if m.resources is not None:
+            try:      # before the first KVM_RUN: the guest never runs unpinned or unlimited
+                m.resources.place_vcpu(self.vcpu.id, threading.get_native_id())
+            except KvmkitError as e:
+                self.ready.set()
+                m._fail(e)
+                return
+        self.ready.set()
         try:
             self._loop()
         except GuestError as e:

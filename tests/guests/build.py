@@ -10,9 +10,10 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 GUESTS = ("hello", "counter", "idle", "smp", "ring3", "serial", "echo", "acpi", "syscall", "syscall_step",
-          "syscall_reset", "xsave", "memwriter")
+           "syscall_reset", "xsave", "memwriter", "ksm")
 # Guests built from another guest's source with preprocessor defines.
-VARIANTS = {"syscall_step": ("syscall", ("-DPF_STEP",)), "syscall_reset": ("syscall", ("-DRESET_AT_END",))}
+VARIANTS = {"syscall_step": ("syscall", ("-DPF_STEP",)), "syscall_reset": ("syscall", ("-DRESET_AT_END",)),
+            "ksm": ("idle", ("-DKSM_PATTERN",))}
 
 
 def build(name: str, out_dir: Path) -> Path:
