@@ -65,6 +65,11 @@ def add_parser(subparsers: Any) -> None:
                    help="start from a snapshot (kvmkit snapshot create) instead of booting: the machine, "
                         "kernel and devices come from it; --serial, --qmp, --paused still apply. Guest RAM "
                         "is mapped from DIR/memory copy-on-write, or written back to it with shared=on")
+    p.add_argument("--clone", metavar="DIR", nargs="?", const="", default=None,
+                   help="with --restore: run an independent copy, so one snapshot can run many times at "
+                        "once: each writable disk becomes a qcow2 linked clone of the snapshot's image, "
+                        "each NIC a new tap and MAC, vsock a new CID; their files go to DIR (default: a "
+                        "new DIR/clones/clone-XXXXXXXX under the snapshot), described in DIR/clone.json")
     p.add_argument("--no-acpi", dest="acpi", action="store_false",
                    help="no ACPI tables or power-management ports (MP table only; "
                         "QMP system_powerdown then sends Ctrl-Alt-Del)")
@@ -132,6 +137,14 @@ def _restored_machine(args: argparse.Namespace, serial):
             ["cpus"] if args.cpus != 1 else []))
         raise ConfigError(f"--restore takes the machine from the snapshot; {names} cannot be given with it")
     path, shared = _restore_spec(args.restore)
+    if args.clone is not None:
+        from kvmkit.vmm import clone
+        if shared:
+            raise ConfigError("--clone: clones share the snapshot's memory, so shared=on cannot be given")
+        m = clone.restore(path, args.clone or None, serial=serial, start_paused=args.paused,
+                          **({"name": args.name} if args.name else {}))
+        print(f"kvmkit: clone of {path} in {m.clone_directory}", file=sys.stderr)
+        return m
     return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused)
 
 
@@ -149,6 +162,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.qmp:
         from kvmkit.cli.qmp import parse_qmp_address
         qmp_addrs = [parse_qmp_address(q) for q in args.qmp]
+    if args.clone is not None and not args.restore:
+        raise ConfigError("--clone needs --restore DIR (the snapshot to clone)")
     if args.restore:
         return _run(args, _restored_machine(args, serial), qmp_addrs)
     kernel, initrd, cmdline = args.kernel, args.initrd, args.cmdline

@@ -149,6 +149,8 @@ class Machine:
             self.device_context.isa_irqs_free.remove(acpi.SCI_IRQ)   # the SCI owns IRQ 9
         if cfg.virtio is not None:
             from kvmkit.devices.virtio.attach import attach_virtio
+            from kvmkit.vmm.disklock import DiskLocks
+            self._disk_locks = DiskLocks(d.path for d in cfg.virtio.disks if not d.readonly)
             self.virtio_devices = attach_virtio(self.device_context, cfg.virtio)
         self.syscall_trap: SyscallTrap | None = None
         if self.compat.syscall_trap:
@@ -265,8 +267,11 @@ class Machine:
         """A new machine continuing where the snapshot in ``directory`` left
         off (not started: call :meth:`start`).  ``overrides`` replace config
         fields (``serial=``, ``start_paused=``, ``virtio=``...)."""
+        from kvmkit.vmm.clone import same_macs
         from kvmkit.vmm.snapshot import Snapshot
         snap = Snapshot.open(directory)
+        if "virtio" not in overrides:
+            overrides["virtio"] = same_macs(snap)
         config = snap.config(**overrides)
         return cls(config, compat=hostcompat.resolve(config.host_compat), restore=snap,
                    shared_memory=shared_memory)
@@ -689,6 +694,8 @@ class Machine:
         self._teardown()
 
     def _teardown(self) -> None:
+        if getattr(self, "_disk_locks", None) is not None:
+            self._disk_locks.release()
         for d in getattr(self, "virtio_devices", []):
             try:
                 d.close()
