@@ -12,8 +12,8 @@ and brought back four ways:
   spawn until QMP ``query-status`` says ``running`` (median of 3);
 - QEMU: ``qemu-system-x86_64 -incoming "exec:cat STATE"`` of a state file
   that QEMU itself wrote with QMP ``migrate "exec:cat > STATE"``, from the
-  spawn until ``query-status`` leaves ``inmigrate`` and says ``running``
-  (median of 3).  QEMU cannot run Linux kernel code on this host, so its
+  spawn until ``query-status`` leaves ``inmigrate`` and, after ``cont``
+  (the source was paused), says ``running`` (median of 3).  QEMU cannot run Linux kernel code on this host, so its
   guest is the one it can hold: ``-M pc -accel kvm -S`` with RAM from a
   ``memory-backend-file`` (``share=off``) filled with the same non-zero
   pattern, never started before the save; after the restore it runs
@@ -81,15 +81,20 @@ def qmp(path: str, *commands: str, timeout: float = 60) -> list[dict]:
     return out[1:]
 
 
-def wait_running(path: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_running(path: str, proc: subprocess.Popen, timeout: float = 120, cont: bool = False) -> None:
+    """Poll until running; with ``cont``, continue a VM that came in stopped
+    (QEMU keeps the source's run state, here prelaunch, after -incoming)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"exited {proc.returncode}: {proc.stderr.read().decode()[-500:]}")
         try:
             (st,) = qmp(path, "query-status", timeout=timeout)
-            if st.get("return", {}).get("status") == "running":
+            status = st.get("return", {}).get("status")
+            if status == "running":
                 return
+            if cont and status in ("paused", "prelaunch"):
+                qmp(path, "cont")
         except OSError:
             pass
         time.sleep(0.002)
@@ -156,13 +161,13 @@ def kvmkit_command(snap: Path, tmp: Path) -> float:
     return statistics.median(times)
 
 
-def time_to_running(argv: list[str], sock: Path) -> float:
+def time_to_running(argv: list[str], sock: Path, cont: bool = False) -> float:
     """Seconds from spawning ``argv`` until its QMP socket says ``running``."""
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
-        wait_running(str(sock), p)
+        wait_running(str(sock), p, cont=cont)
         return time.perf_counter() - t0
     finally:
         stop(p)
@@ -218,7 +223,8 @@ def qemu_incoming(size: int, state: Path, tmp: Path) -> float:
     times = []
     for i in range(3):
         sock = tmp / f"qi{i}.qmp"
-        times.append(time_to_running(qemu_base(size, ram, sock) + ["-incoming", f"exec:cat {state}"], sock))
+        times.append(time_to_running(qemu_base(size, ram, sock) + ["-incoming", f"exec:cat {state}"], sock,
+                                     cont=True))
     return statistics.median(times)
 
 

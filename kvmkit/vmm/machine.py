@@ -127,7 +127,6 @@ class Machine:
         self.pio_bus = Bus("pio")
         self.mmio_bus = Bus("mmio")
         self.serial = Serial8250(self.irq.irq_line(COM1_IRQ), self.console.write, self._serial_polled_tx)
-        self.console.attach_input(self.serial.receive)
         self.i8042 = I8042(self.irq.irq_line(KBD_IRQ), self._i8042_reset)
         self.rtc = CmosRtc(cfg.memory)
         self.pio_bus.register(COM1_PORT, 8, self.serial)
@@ -171,6 +170,9 @@ class Machine:
         self._initial_pit = vm.get_pit2()
         if self._restore_from is not None:
             self._apply_snapshot(self._restore_from.body)
+        # Input typed while the machine was being built goes to the UART now,
+        # after a restore has loaded its FIFO (which would drop it).
+        self.console.attach_input(self.serial.receive)
 
     def _serial_polled_tx(self, polled: bool) -> None:
         """Coalesce writes to COM1's transmit register while the guest polls
