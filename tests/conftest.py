@@ -56,3 +56,45 @@ def machine():
     yield make
     for m in made:
         m.close()
+
+
+class ShellSnapshot:
+    """The fast guest booted once per test session and saved at its shell
+    prompt; ``restore()`` gives a new machine at that prompt in milliseconds
+    (copy-on-write RAM: each restore is independent of the others)."""
+
+    PROMPT = rb"root@kvmkit:~# "
+
+    def __init__(self, path: Path, boot_log: str, boot_seconds: float, boot_stats: dict) -> None:
+        self.path, self.boot_log, self.boot_seconds = path, boot_log, boot_seconds
+        self.boot_stats = boot_stats     # query_stats() of the boot, at the save
+
+    def restore(self, **overrides):
+        """A started machine at the shell (close it after)."""
+        import kvmkit
+        return kvmkit.VM.restore(self.path, **overrides).start()
+
+
+@pytest.fixture(scope="session")
+def fast_shell(tmp_path_factory) -> ShellSnapshot:
+    """One boot of the fast guest (2 vCPUs, 128 MiB) per session, saved at
+    its shell: slow tests restore it instead of booting their own."""
+    import time
+
+    from kvmkit.guest.assets import fast_guest
+    from kvmkit.vmm.config import VmConfig
+    from kvmkit.vmm.machine import Machine
+    g = fast_guest(build=True, progress=False)
+    d = tmp_path_factory.mktemp("fast-shell")
+    t0 = time.monotonic()
+    m = Machine(VmConfig.build(g.vmlinux, initrd=g.initrd, cmdline=g.cmdline, memory="128M", cpus=2,
+                               serial=f"file:{d / 'boot.log'}"))
+    try:
+        m.start()
+        m.console.expect(ShellSnapshot.PROMPT, timeout=900, alive=lambda: m.running)
+        time.sleep(0.3)                 # the shell settles into its read()
+        m.save_snapshot(d / "snap")
+        boot_log, stats = m.console.text, m.query_stats()
+    finally:
+        m.close()
+    return ShellSnapshot(d / "snap", boot_log, time.monotonic() - t0, stats)

@@ -11,6 +11,7 @@ import argparse
 import logging
 import signal
 import sys
+import time
 from typing import Any
 
 from kvmkit.errors import ConfigError, host_error
@@ -20,6 +21,7 @@ from kvmkit.vmm.api import ExitReason
 log = logging.getLogger("kvmkit.run")
 
 INIT_DIED = b"Attempted to kill init"
+FAST_PROMPT = b"root@kvmkit:~# "   # the fast guest's shell prompt: where the start cache saves it
 DEFAULT_MEMORY = "512M"         # for a kernel you bring; kvmkit's guests say what they need
 MAX_PROFILE_HZ = 10000          # each sample stops a vCPU: more would be the guest's whole time
 
@@ -74,6 +76,15 @@ def add_parser(subparsers: Any) -> None:
                    help="run the VMM jailed: own mount/PID/IPC/network namespaces, a directory holding only "
                         "its files, its own unprivileged uid, no capabilities, a seccomp allow-list (default: "
                         "$KVMKIT_ISOLATION, else off; the manager turns it on; off is for debugging)")
+    p.add_argument("--clone", metavar="DIR", nargs="?", const="", default=None,
+                   help="with --restore: run an independent copy, so one snapshot can run many times at "
+                        "once: each writable disk becomes a qcow2 linked clone of the snapshot's image, "
+                        "each NIC a new tap and MAC, vsock a new CID; their files go to DIR (default: a "
+                        "new DIR/clones/clone-XXXXXXXX under the snapshot), described in DIR/clone.json")
+    p.add_argument("--fresh", action="store_true",
+                   help="boot kvmkit's fast guest for real: do not restore it from, or save it to, the "
+                        "start cache (by default the first run saves the guest at its shell prompt under "
+                        "~/.cache/kvmkit/snapshots and later runs restore it in milliseconds)")
     p.add_argument("--no-acpi", dest="acpi", action="store_false",
                    help="no ACPI tables or power-management ports (MP table only; "
                         "QMP system_powerdown then sends Ctrl-Alt-Del)")
@@ -143,6 +154,14 @@ def _restored_machine(args: argparse.Namespace, serial):
     check_restore_options(args)
     path, shared = _restore_spec(args.restore)
     from kvmkit.cli.run_resources import resource_spec
+    if args.clone is not None:
+        from kvmkit.vmm import clone
+        if shared:
+            raise ConfigError("--clone: clones share the snapshot's memory, so shared=on cannot be given")
+        m = clone.restore(path, args.clone or None, serial=serial, start_paused=args.paused,
+                          resources=resource_spec(args), **({"name": args.name} if args.name else {}))
+        print(f"kvmkit: clone of {path} in {m.clone_directory}", file=sys.stderr)
+        return m
     return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused,
                            resources=resource_spec(args))
 
@@ -181,11 +200,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         qmp_addrs = [parse_qmp_address(q) for q in args.qmp]
     if args.restore and args.incoming:
         raise ConfigError("--restore and --incoming both say where the VM comes from: give one")
+    if args.clone is not None and not args.restore:
+        raise ConfigError("--clone needs --restore DIR (the snapshot to clone)")
     if args.restore:
         return _run(args, _restored_machine(args, serial), qmp_addrs)
     if args.incoming:
         return _run(args, _incoming_machine(args, serial), qmp_addrs)
     kernel, initrd, cmdline = args.kernel, args.initrd, args.cmdline
+    fast = kernel is None
     if kernel is None:
         if initrd is not None:
             raise ConfigError("--initrd needs --kernel")
@@ -204,10 +226,37 @@ def cmd_run(args: argparse.Namespace) -> int:
                             **({"uuid": _uuid(args.uuid)} if args.uuid else {}),
                             start_paused=args.paused, reboot_action=args.reboot, acpi=args.acpi,
                             virtio=_virtio_specs(args))
+    if fast and not args.fresh and _cacheable(args):
+        from kvmkit.vmm import start_cache
+        entry = start_cache.lookup(config)
+        if entry is not None:
+            t0 = time.monotonic()
+            machine = start_cache.restore(entry, serial=serial, start_paused=args.paused,
+                                          reboot_action=args.reboot,
+                                          **({"name": args.name} if args.name else {}),
+                                          **({"uuid": config.uuid} if args.uuid else {}))
+            behind = start_cache.clock_lag(machine)
+            print(f"kvmkit: the fast guest restored at its shell from the start cache in "
+                  f"{(time.monotonic() - t0) * 1000:.0f} ms ({entry.path}; --fresh boots it); its clock "
+                  f"continues from the save, {behind:.0f} s behind (hwclock -s sets it)", file=sys.stderr)
+            return _run(args, machine, qmp_addrs)
+        machine = Machine(config)
+        saver = start_cache.PromptSaver(machine, FAST_PROMPT)
+        status = _run(args, machine, qmp_addrs, on_start=saver.start)
+        if saver.saved is not None:
+            print(f"kvmkit: the fast guest was saved at its shell prompt to the start cache ({saver.saved}); "
+                  "the next kvmkit run restores it instead of booting (--fresh boots)", file=sys.stderr)
+        return status
     return _run(args, Machine(config), qmp_addrs)
 
 
-def _run(args: argparse.Namespace, machine, qmp_addrs) -> int:
+def _cacheable(args: argparse.Namespace) -> bool:
+    """The start cache holds the plain fast guest: no devices (their host
+    ends are not in a snapshot's key) and no profile of its boot."""
+    return _virtio_specs(args) is None and not args.profile
+
+
+def _run(args: argparse.Namespace, machine, qmp_addrs, on_start=None) -> int:
     if machine.compat.enabled:
         print(f"kvmkit: {machine.compat.describe()}", file=sys.stderr)
     monitors = []
@@ -221,6 +270,8 @@ def _run(args: argparse.Namespace, machine, qmp_addrs) -> int:
         from kvmkit.host.jail import lockdown
         lockdown()                               # jailed: seccomp from here on (everything is open)
         machine.start()
+        if on_start is not None:
+            on_start()
         if args.profile:
             profiler = machine.start_profile(args.profile_hz)
         while machine.wait(0.5) is None:

@@ -132,7 +132,6 @@ class Machine:
         self.pio_bus = Bus("pio")
         self.mmio_bus = Bus("mmio")
         self.serial = Serial8250(self.irq.irq_line(COM1_IRQ), self.console.write, self._serial_polled_tx)
-        self.console.attach_input(self.serial.receive)
         self.i8042 = I8042(self.irq.irq_line(KBD_IRQ), self._i8042_reset)
         self.rtc = CmosRtc(cfg.memory)
         self.pio_bus.register(COM1_PORT, 8, self.serial)
@@ -154,6 +153,8 @@ class Machine:
             self.device_context.isa_irqs_free.remove(acpi.SCI_IRQ)   # the SCI owns IRQ 9
         if cfg.virtio is not None:
             from kvmkit.devices.virtio.attach import attach_virtio
+            from kvmkit.vmm.disklock import DiskLocks
+            self._disk_locks = DiskLocks(d.path for d in cfg.virtio.disks if not d.readonly)
             self.virtio_devices = attach_virtio(self.device_context, cfg.virtio)
         self.syscall_trap: SyscallTrap | None = None
         if self.compat.syscall_trap:
@@ -174,6 +175,9 @@ class Machine:
         self._initial_pit = vm.get_pit2()
         if self._restore_from is not None:
             self._apply_snapshot(self._restore_from.body)
+        # Input typed while the machine was being built goes to the UART now,
+        # after a restore has loaded its FIFO (which would drop it).
+        self.console.attach_input(self.serial.receive)
 
     def _serial_polled_tx(self, polled: bool) -> None:
         """Coalesce writes to COM1's transmit register while the guest polls
@@ -288,8 +292,11 @@ class Machine:
         """A new machine continuing where the snapshot in ``directory`` left
         off (not started: call :meth:`start`).  ``overrides`` replace config
         fields (``serial=``, ``start_paused=``, ``virtio=``...)."""
+        from kvmkit.vmm.clone import same_macs
         from kvmkit.vmm.snapshot import Snapshot
         snap = Snapshot.open(directory)
+        if "virtio" not in overrides:
+            overrides["virtio"] = same_macs(snap)
         config = snap.config(**overrides)
         return cls(config, compat=hostcompat.resolve(config.host_compat), restore=snap,
                    shared_memory=shared_memory)
@@ -771,6 +778,8 @@ class Machine:
         self._teardown()
 
     def _teardown(self) -> None:
+        if getattr(self, "_disk_locks", None) is not None:
+            self._disk_locks.release()
         for d in getattr(self, "virtio_devices", []):
             try:
                 d.close()

@@ -156,6 +156,7 @@ def config_from_record(rec: dict[str, Any], compat: str, **overrides: Any) -> "V
 
 def capture(machine: "Machine") -> dict[str, Any]:
     """The body of a state file for a machine whose vCPUs are all parked."""
+    from kvmkit.vmm.clone import identity
     vm = machine.vm
     msr_indices = sorted(machine._msr_index)
     return {
@@ -172,6 +173,7 @@ def capture(machine: "Machine") -> dict[str, Any]:
         "pci-host": machine._pci_host_state(),
         "virtio": [{"name": d.name, "kind": d.kind, "state": d.save_state()} for d in machine.virtio_devices],
         "compat-state": machine._compat_state(),
+        "identity": identity(machine),       # disks and MACs, for clones (kvmkit.vmm.clone)
         "saved-at": time.time(),
     }
 

@@ -1,9 +1,11 @@
 """Real Linux boots (slow: tens of seconds on hosts whose KVM emulates guest
-kernel code).  One boot of the fast guest, with 2 vCPUs, serves every check
-of this module: the kernel's own report of the machine, then its busybox
-shell on the serial console (uname, nproc, tmpfs, the clocksource, the date,
-both CPUs busy at once, a segfaulting program, the syscall trap's security
-case, a syscall and page-fault load), and finally ``reboot``.  Debian's
+kernel code).  The session's one boot of the fast guest, with 2 vCPUs
+(``fast_shell`` in tests/conftest.py, saved at its shell prompt), serves
+every check of this module: the kernel's own report of the machine (its
+boot log), then, restored in milliseconds, its busybox shell on the serial
+console (uname, nproc, tmpfs, the clocksource, the date, both CPUs busy at
+once, a segfaulting program, the syscall trap's security case, a syscall
+and page-fault load), and ``reboot`` in a restore of its own.  Debian's
 stock kernel has its own opt-in marker (``-m stock``).
 """
 
@@ -28,14 +30,14 @@ def _assets(name):
 
 
 class BootRecord:
-    def __init__(self, machine, started: float):
+    def __init__(self, machine, boot_log: str, boot_stats: dict):
         self.m = machine
-        self.started = started
-        self.milestones: dict[str, float] = {}
+        self.boot_log, self.boot_stats = boot_log, boot_stats
 
     @property
     def text(self) -> str:
-        return self.m.console.text
+        """The boot's console, then this restore's."""
+        return self.boot_log + self.m.console.text
 
     def sh(self, command: str, timeout: float = 300) -> str:
         """Run ``command`` at the guest's shell; its output (exit status 0 asserted)."""
@@ -44,27 +46,22 @@ class BootRecord:
         return out.strip()
 
 
+def _restored(fast_shell, log) -> BootRecord:
+    print(f"fast guest console: {log} (boot: {fast_shell.boot_seconds:.1f} s, once per session)")
+    m = fast_shell.restore(serial=f"file:{log}")
+    rec = BootRecord(m, fast_shell.boot_log, fast_shell.boot_stats)
+    rec.sh("hwclock -s")                # the wall clock continues from the save: set it from the RTC
+    return rec
+
+
 @pytest.fixture(scope="module")
-def fast_boot(tmp_path_factory):
-    """The fast guest with 2 vCPUs at its shell prompt."""
-    from kvmkit.vmm.config import VmConfig
-    from kvmkit.vmm.machine import Machine
-    g = _assets("fast")
-    log = tmp_path_factory.mktemp("boot") / "console.log"
-    print(f"fast guest console: {log}")
-    m = Machine(VmConfig.build(g.vmlinux, initrd=g.initrd, cmdline=g.cmdline, memory="128M", cpus=2,
-                               serial=f"file:{log}"))
-    rec = BootRecord(m, time.monotonic())
-    m.start()
+def fast_boot(fast_shell, tmp_path_factory):
+    """The fast guest with 2 vCPUs at its shell prompt (the session's boot, restored)."""
+    rec = _restored(fast_shell, tmp_path_factory.mktemp("boot") / "console.log")
     try:
-        for name, pattern in (("first line", rb"Linux version"), ("run init", rb"Run /init as init process"),
-                              ("prompt", PROMPT)):
-            m.console.expect(pattern, timeout=BOOT_TIMEOUT, alive=lambda: m.running)
-            rec.milestones[name] = time.monotonic() - rec.started
-        print(f"milestones: {rec.milestones}")
         yield rec
     finally:
-        m.close()
+        rec.m.close()
 
 
 # --- what the kernel reports ------------------------------------------------
@@ -97,7 +94,7 @@ def test_host_compat_applied_and_logged(fast_boot):
         assert re.search(r"Clearing CPUID bits: .*popcnt", fast_boot.text)
         assert m.completer.counts.get("int3", 0) >= 1   # the alternatives self-test
         assert m.syscall_trap is not None and m.syscall_trap.plant is not None
-        assert m.syscall_trap.stats.syscalls > 100       # init and the shell made them
+        assert fast_boot.boot_stats["host-compat"]["syscall-trap"]["syscalls"] > 100   # init and the shell made them
         assert "syscall completed in the VMM" in m.compat.describe()
     else:
         assert "clearcpuid" not in m.cmdline and m.syscall_trap is None
@@ -282,12 +279,17 @@ def test_no_kernel_warnings(fast_boot):
         assert not found, found
 
 
-def test_reboot_gives_the_reboot_status(fast_boot):
-    """Last in the module: busybox's reboot (a signal to init, then an
-    orderly shutdown) ends the VM with kvmkit's reboot status."""
-    fast_boot.m.console.send("reboot\n")
-    assert fast_boot.m.wait(120) == ExitReason.REBOOT, fast_boot.text[-2000:]
-    assert fast_boot.m.exit_status == 32
+def test_reboot_gives_the_reboot_status(fast_shell, tmp_path):
+    """In a restore of its own (the others go on): busybox's reboot (a
+    signal to init, then an orderly shutdown) ends the VM with kvmkit's
+    reboot status."""
+    rec = _restored(fast_shell, tmp_path / "console.log")
+    try:
+        rec.m.console.send("reboot\n")
+        assert rec.m.wait(120) == ExitReason.REBOOT, rec.text[-2000:]
+        assert rec.m.exit_status == 32
+    finally:
+        rec.m.close()
 
 
 # --- Debian's stock kernel (opt-in: -m stock) ------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 GUESTS = ("hello", "counter", "idle", "smp", "ring3", "serial", "echo", "acpi", "syscall", "syscall_step",
-           "syscall_reset", "xsave", "memwriter", "ksm")
+           "syscall_reset", "xsave", "memwriter", "ksm", "ticker")
 # Guests built from another guest's source with preprocessor defines.
 VARIANTS = {"syscall_step": ("syscall", ("-DPF_STEP",)), "syscall_reset": ("syscall", ("-DRESET_AT_END",)),
             "ksm": ("idle", ("-DKSM_PATTERN",))}

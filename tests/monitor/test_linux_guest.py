@@ -1,4 +1,5 @@
-"""End to end with the fast Linux guest: stop and resume mid-boot, reset, powerdown.
+"""End to end with the fast Linux guest: stop and resume mid-boot, reset, and
+(in a restore of the session's boot at its shell) powerdown.
 
 Uses the cached fast guest (``kvmkit guest build fast``); skipped when it is
 not built, since building it takes minutes.
@@ -58,10 +59,11 @@ def test_stop_resume_mid_boot_and_reset(linux, sock_dir):
 
 
 @pytest.mark.userspace
-def test_graceful_powerdown(linux, sock_dir):
+def test_graceful_powerdown(fast_shell, sock_dir):
     """system_powerdown from a real QMP client: the guest's acpid runs
-    poweroff (the syscall trap lets user space run on emulating hosts)."""
-    linux.console.expect(r"root@kvmkit:~# ", timeout=600)
+    poweroff (the syscall trap lets user space run on emulating hosts).
+    The guest is the session's boot at its shell, restored."""
+    linux = fast_shell.restore()
 
     async def scenario(path: str) -> None:
         qmp = QMPClient("powerdown")
@@ -69,7 +71,10 @@ def test_graceful_powerdown(linux, sock_dir):
         await qmp.execute("system_powerdown")
         await qmp.disconnect()
 
-    with QmpServer(linux, f"unix:{sock_dir / 'linux.sock'}") as server:
-        asyncio.run(scenario(server.address.path))
-    assert linux.wait(300) == ExitReason.POWEROFF, linux.console.text[-2000:]
-    assert linux.exit_status == 0
+    try:
+        with QmpServer(linux, f"unix:{sock_dir / 'linux.sock'}") as server:
+            asyncio.run(scenario(server.address.path))
+        assert linux.wait(300) == ExitReason.POWEROFF, linux.console.text[-2000:]
+        assert linux.exit_status == 0
+    finally:
+        linux.close()

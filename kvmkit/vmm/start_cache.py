@@ -1,0 +1,217 @@
+"""A cached snapshot of a guest at its shell prompt: boot once, restore ever after.
+
+On hosts whose KVM emulates guest kernel code a boot takes many seconds
+and a restore tens of milliseconds, so ``kvmkit run`` with the default
+fast guest keeps one: the first run boots, waits for the shell prompt,
+saves the VM (a pause of a fraction of a second) and goes on in the same
+session; later runs restore it and the prompt is there at once.
+
+Entries live in ``~/.cache/kvmkit/snapshots/<key hash>/`` (``$XDG_CACHE_HOME``
+is honoured; ``$KVMKIT_START_CACHE`` names another directory).  The key (``key.json``) holds everything the saved state
+depends on: SHA-256 of the kernel and the initramfs, memory size, vCPU
+count, command line, ACPI, host-compat, kvmkit's state version and the
+host (its kernel release and CPU flags, since CPUID and MSRs come from
+it).  A change in any of them is a different key, so a stale entry is
+never restored; it is simply not found.  Entries are written to a
+temporary directory and renamed into place, so a crash never leaves half
+an entry, and two first runs at once each boot and one entry wins.
+
+The restored guest's clocks continue from the moment of the snapshot:
+kvmclock and the TSC are loaded as saved, so monotonic time has no jump
+and no timer, watchdog or RCU stall check in the guest sees one.  Its
+wall clock is therefore behind the host's by the time the entry sat in
+the cache (the restore note says by how much); ``hwclock -s`` in the guest
+sets it from the RTC, which reads the host's time.  Why not advance the
+clock instead (``KVM_SET_CLOCK`` with ``KVM_CLOCK_REALTIME`` can): Linux
+turns a clocksource delta into nanoseconds with a 64-bit multiply sized
+for about ten minutes between ticks, so a jump of hours would come out
+as garbage, and every timer due in the gap would fire at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvmkit.vmm.config import VmConfig
+    from kvmkit.vmm.machine import Machine
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "key.json"
+SCREEN_FILE = "screen"           # the console's last line at the save: the prompt, shown on restore
+QUIET = 0.3                      # seconds of console silence after the prompt before saving
+CURSOR_QUERY = rb"(?:\x1b\[6n)?"    # busybox ash asks the terminal where the cursor is
+_HASHES: dict[tuple, str] = {}
+
+
+def cache_root() -> Path:
+    """``$KVMKIT_START_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/kvmkit/snapshots``."""
+    if os.environ.get("KVMKIT_START_CACHE"):
+        return Path(os.environ["KVMKIT_START_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "kvmkit" / "snapshots"
+
+
+def _file_hash(path: Path) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) in this process
+    and beside the cache (``hashes.json``) so a run does not re-read the kernel."""
+    st = path.stat()
+    ident = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if ident in _HASHES:
+        return _HASHES[ident]
+    memo = cache_root() / "hashes.json"
+    key = "|".join(map(str, ident))
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        known[key] = h.hexdigest()
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f"hashes.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known))
+            tmp.rename(memo)
+        except OSError:
+            pass
+    _HASHES[ident] = known[key]
+    return known[key]
+
+
+def _host() -> dict[str, str]:
+    flags = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"kernel": platform.release(), "cpu-flags": hashlib.sha256(flags.encode()).hexdigest()[:16]}
+
+
+def cache_key(config: "VmConfig") -> dict[str, Any]:
+    """Everything a saved state of ``config``'s guest depends on."""
+    from kvmkit import __version__
+    from kvmkit.vmm.snapshot import STATE_VERSION
+    return {"kernel": _file_hash(Path(config.kernel)),
+            "initrd": _file_hash(Path(config.initrd)) if config.initrd else None,
+            "memory": config.memory, "cpus": config.cpus, "cmdline": config.cmdline,
+            "acpi": config.acpi, "host-compat": config.host_compat,
+            "state-version": STATE_VERSION, "kvmkit": __version__, "host": _host()}
+
+
+def _digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cached snapshot: where it is and the screen to show on restore."""
+
+    path: Path
+    screen: bytes
+
+
+def lookup(config: "VmConfig", root: Path | None = None) -> Entry | None:
+    """The cached snapshot for ``config``, if there is a complete one."""
+    from kvmkit.vmm.snapshot import STATE_FILE
+    key = cache_key(config)
+    d = (root or cache_root()) / _digest(key)
+    try:
+        if json.loads((d / KEY_FILE).read_text()) != key or not (d / STATE_FILE).exists():
+            return None
+        return Entry(d, (d / SCREEN_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def restore(entry: Entry, **overrides: Any) -> "Machine":
+    """The cached guest (not started), with its prompt put back on the
+    console so the user (and ``console.expect``) sees it again."""
+    from kvmkit.vmm.machine import Machine
+    m = Machine.restore(entry.path, **overrides)
+    m.console.write(entry.screen)
+    return m
+
+
+def clock_lag(machine: "Machine") -> float:
+    """Seconds the restored guest's wall clock is behind the host's."""
+    saved = machine._restore_from.body.get("saved-at") if machine._restore_from is not None else None
+    return max(0.0, time.time() - saved) if saved else 0.0
+
+
+class PromptSaver:
+    """Watches a booting machine's console and saves it into the cache the
+    first time it sits at ``prompt`` with nothing typed after it."""
+
+    def __init__(self, machine: "Machine", prompt: bytes, root: Path | None = None,
+                 timeout: float = 1800.0) -> None:
+        self.machine, self.prompt = machine, re.compile(re.escape(prompt) + CURSOR_QUERY + rb"\Z")
+        self.root = root or cache_root()
+        self.key = cache_key(machine.config)
+        self.timeout = timeout
+        self.saved: Path | None = None
+        self.error: str | None = None
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kvmkit-start-cache", daemon=True)
+
+    def start(self) -> "PromptSaver":
+        self._thread.start()
+        return self
+
+    def _at_prompt(self) -> bool:
+        """At the prompt, and the console has been quiet for QUIET seconds."""
+        out = self.machine.console.output
+        if not self.prompt.search(out):
+            return False
+        time.sleep(QUIET)
+        return self.machine.console.output == out and self.machine.running
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        try:
+            while time.monotonic() < deadline and not self.machine._done.is_set():
+                if self._at_prompt():
+                    self._save()
+                    return
+                time.sleep(0.1)
+        except Exception as exc:         # a failed cache must never stop the guest
+            self.error = str(exc)
+            log.warning("start cache: %s", exc)
+        finally:
+            self.done.set()
+
+    def _save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / _digest(self.key)
+        tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
+        try:
+            self.machine.save_snapshot(tmp)
+            screen = self.machine.console.output.rsplit(b"\n", 1)[-1]
+            (tmp / SCREEN_FILE).write_bytes(screen)
+            (tmp / KEY_FILE).write_text(json.dumps(self.key, indent=1, sort_keys=True) + "\n")
+            if final.exists():
+                shutil.rmtree(final)     # a stale or concurrent entry of the same key
+            tmp.rename(final)
+            self.saved = final
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
