@@ -279,9 +279,7 @@ class Machine:
         bridge = find_host_bridge(self.pio_bus)
         if bridge is None:
             return None
-        if bridge.shared_intx is None:
-            return acpi.PciRoot()
-        return acpi.PciRoot(intx_gsi=bridge.shared_intx[1], slots=tuple(s for s in sorted(bridge.slots) if s))
+        return acpi.PciRoot(intx=tuple((r.slot, r.pin, r.gsi) for r in bridge.intx_routes()))
 
     @property
     def cmdline(self) -> str:
@@ -323,8 +321,7 @@ class Machine:
         zp.set_e820(e820)
         mem.write(layout.ZERO_PAGE_ADDR, zp.bytes())
         pci_root = self._pci_root()
-        pci_irqs = [(slot, 0, pci_root.intx_gsi) for slot in pci_root.slots] \
-            if pci_root is not None and pci_root.intx_gsi is not None else []
+        pci_irqs = list(pci_root.intx) if pci_root is not None else []
         mem.write(MPTABLE_ADDR, build_mptable(cfg.cpus, pci_interrupts=pci_irqs))
         if self.acpi_pm is not None:
             for addr, table in acpi.build_acpi_tables(cfg.cpus, pci=pci_root):
