@@ -41,7 +41,8 @@ def build_devices(ctx: DeviceContext, specs: VirtioSpecs) -> list[VirtioDevice]:
             image = open_backend(d.path, d.format, d.readonly, d.cache)
             devices.append(VirtioBlock(ctx.memory, f"virtio{i}", image, readonly=d.readonly,
                                        discard=d.discard, serial=d.serial or "", path=d.path,
-                                       fmt=getattr(image, "format", d.format or "")))
+                                       fmt=getattr(image, "format", d.format or ""),
+                                       werror=d.werror, rerror=d.rerror, on_error=ctx.block_error))
         for i, n in enumerate(specs.nets):
             tap = Tap.open(n.tap)
             if n.tap is None:
