@@ -14,6 +14,7 @@ import atheris
 
 def main() -> None:
     name, runs, crash_dir, corpus_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    max_time = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     logging.disable(logging.CRITICAL)            # devices log every hostile ring they refuse
     with atheris.instrument_imports(include=["kvmkit"]):
         from fuzz.harness import load_all, run_one
@@ -34,8 +35,9 @@ def main() -> None:
             with open(base + ".json", "w") as f:
                 json.dump({"signature": crash.signature, "error": crash.error, "trace": crash.trace}, f)
 
-    atheris.Setup([sys.argv[0], f"-runs={runs}", "-timeout=10", "-rss_limit_mb=4096",
-                   f"-artifact_prefix={crash_dir}/", "-max_len=16384", corpus_dir], one)
+    flags = [f"-runs={runs}", "-timeout=10", "-rss_limit_mb=4096", f"-artifact_prefix={crash_dir}/",
+             "-max_len=16384", "-print_final_stats=1"] + ([f"-max_total_time={max_time}"] if max_time else [])
+    atheris.Setup([sys.argv[0], *flags, corpus_dir], one)
     atheris.Fuzz()
 
 

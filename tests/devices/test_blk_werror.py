@@ -17,7 +17,7 @@ from kvmkit.devices.virtio.blk import S_IOERR, S_OK, VirtioBlock, open_backend
 from kvmkit.devices.virtio.config import parse_disk
 from kvmkit.errors import ConfigError
 
-from .helpers import make_context, wait_for
+from .helpers import fill_fs, make_context, wait_for
 from .pci_driver import VirtioPciDriver, blk_header, find_slot
 
 HDR, DATA, STATUS = 0x100000, 0x200000, 0x300000
@@ -60,20 +60,6 @@ def _write(ctx, ring, drv, slot, sector, payload):
     return head, status
 
 
-def _fill(mnt):
-    """Eat the file system's free space (tmpfs counts pages)."""
-    filler = mnt / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\1" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return filler
-
-
 @pytest.mark.parametrize("werror", ["stop", "enospc"])
 def test_stop_holds_the_request_and_cont_retries_it(small_fs, werror):
     ctx = make_context()
@@ -82,7 +68,7 @@ def test_stop_holds_the_request_and_cont_retries_it(small_fs, werror):
         f.truncate(4 << 20)                                  # sparse: writes allocate
     dev, drv, ring, events = _disk(ctx, img, werror)
     try:
-        filler = _fill(small_fs)
+        filler = fill_fs(small_fs)
         a = os.urandom(CHUNK)
         b = os.urandom(CHUNK)
         head_a, st_a = _write(ctx, ring, drv, 0, 0, a)
@@ -113,7 +99,7 @@ def test_report_fails_and_ignore_completes(small_fs, werror, status):
         f.truncate(4 << 20)
     dev, drv, ring, events = _disk(ctx, img, werror)
     try:
-        _fill(small_fs)
+        fill_fs(small_fs)
         _, st = _write(ctx, ring, drv, 0, 0, os.urandom(CHUNK))
         ring.wait_used(1)
         assert ctx.memory.read_u8(st) == status

@@ -83,3 +83,20 @@ def test_snapshot_damaged_config_record_is_one_line(tmp_path):
     with pytest.raises(SnapshotError, match="config record is damaged"):
         s.config()
     assert issubclass(SnapshotError, KvmkitError)
+
+
+@pytest.mark.parametrize("phoff", [1 << 62, 1 << 63, 4096])
+def test_elf_program_headers_outside_the_file_are_one_line(tmp_path, phoff):
+    """An ELF header whose e_phoff points past the file (or past what seek
+    takes) raised OSError, ValueError or struct.error from parse_kernel."""
+    import struct as st
+
+    from kvmkit.arch.x86.loader import parse_kernel
+    from kvmkit.errors import ConfigError
+    ehdr = bytearray(64)
+    ehdr[:6] = b"\x7fELF\x02\x01"
+    st.pack_into("<HHIQQQIHHH", ehdr, 16, 2, 62, 1, 0x100000, phoff, 0, 0, 64, 56, 1)
+    path = tmp_path / "k"
+    path.write_bytes(bytes(ehdr))
+    with pytest.raises(ConfigError, match="program headers lie outside the file"):
+        parse_kernel(path)
