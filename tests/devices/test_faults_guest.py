@@ -262,7 +262,10 @@ def test_disk_full_with_werror_stop_pauses_and_cont_completes(guest):
     assert m.group(1) == b"0", guest.m.console.text[-2000:]
     guest.sh("sync")
     rc, report = _check(Path(guest.specs.disks[1].path))
-    assert rc == 0, report
+    # 3: the allocation that hit ENOSPC leaked its clusters (the retry took
+    # new ones); space only, never corruption, as with QEMU.
+    assert rc in (0, 3) and report.get("corruptions", 0) == 0 and report.get("check-errors", 0) == 0, report
+    print(f"werror=stop: qemu-img check {rc}, {report.get('leaks', 0)} leaked clusters")
     img = Path(guest.specs.disks[1].path)
     assert _raw(img, guest.tmp / "stop.raw")[:n] == _pattern(n)
     (guest.tmp / "stop.raw").unlink()
@@ -278,7 +281,7 @@ def test_disk_full_with_werror_report_is_an_io_error_in_the_guest(guest):
     assert rc != 0 and "I/O error" in out, out
     assert "I/O error" in guest.sh("dmesg | tail -20")
     rc, report = _check(Path(guest.specs.disks[2].path))
-    assert rc in (0, 3) and report.get("corruptions", 0) == 0, report
+    assert rc in (0, 3) and report.get("corruptions", 0) == 0 and report.get("check-errors", 0) == 0, report
     filler.unlink()
     guest.sh(f"{write} 2>/dev/null")
     guest.alive()
