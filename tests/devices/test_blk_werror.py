@@ -18,7 +18,7 @@ from kvmkit.devices.virtio.config import parse_disk
 from kvmkit.errors import ConfigError
 
 from .helpers import fill_fs, make_context, wait_for
-from .pci_driver import VirtioPciDriver, blk_header, find_slot
+from .pci_driver import blk_header, msix_driver
 
 HDR, DATA, STATUS = 0x100000, 0x200000, 0x300000
 CHUNK = 64 << 10
@@ -39,13 +39,7 @@ def _disk(ctx, path, werror):
     dev = VirtioBlock(ctx.memory, "vd-full", open_backend(str(path), "raw", False), path=str(path),
                       fmt="raw", werror=werror, on_error=events.append)
     attach_device(ctx, dev, "pci")
-    drv = VirtioPciDriver(ctx, find_slot(ctx.pio_bus, 0x1AF4, 0x1042))
-    drv.enable_msix()
-    drv.program_vector(0)
-    drv.program_vector(1)
-    drv.negotiate()
-    ring = drv.setup_queue(0, 0x10000, vector=1)
-    drv.driver_ok()
+    drv, ring = msix_driver(ctx)
     return dev, drv, ring, events
 
 
