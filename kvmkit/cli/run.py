@@ -97,10 +97,14 @@ def add_parser(subparsers: Any) -> None:
 def _add_virtio_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("virtio devices")
     g.add_argument("--disk", action="append", default=[], metavar="SPEC",
-                   help="path=IMG[,format=raw|qcow2][,readonly=on][,cache=MODE][,discard=unmap][,serial=S]: "
+                   help="path=IMG[,format=raw|qcow2][,readonly=on][,cache=MODE][,discard=unmap][,serial=S]"
+                        "[,werror=ACTION][,rerror=ACTION]: "
                         "a virtio-blk disk (/dev/vda, vdb, ...; repeatable). MODE as QEMU's: writeback "
                         "(default), none (O_DIRECT), writethrough (data on disk before a write completes), "
-                        "directsync (both), unsafe (flushes ignored)")
+                        "directsync (both), unsafe (flushes ignored). werror/rerror as QEMU's, what a failed "
+                        "write/read does: report (an I/O error in the guest), ignore, stop (pause the VM with a "
+                        "BLOCK_IO_ERROR event; 'cont' retries), enospc (writes: stop on a full host disk, "
+                        "report the rest; the werror default; rerror defaults to report)")
     g.add_argument("--net", action="append", default=[], metavar="SPEC", nargs="?", const="",
                    help="[tap=NAME][,mac=52:54:00:..][,bridge=BR][,fd=N]: a virtio-net NIC on a tap (created if "
                         "no name; repeatable); bridge=BR makes the tap a port of host bridge BR (e.g. a "

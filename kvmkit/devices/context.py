@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from kvmkit.devices.bus import Bus
 from kvmkit.devices.irq import InterruptController
@@ -42,3 +43,6 @@ class DeviceContext:
     # ISA IRQs no legacy device uses, then IOAPIC pins 16-23 (as Firecracker does)
     isa_irqs_free: list[int] = field(default_factory=lambda: [5, 9, 10, 11, *range(16, 24)])
     kernel_cmdline: list[str] = field(default_factory=list)  # extra kernel args (virtio_mmio.device=...)
+    # A disk's werror/rerror fired: BLOCK_IO_ERROR data (device, operation, action, nospace,
+    # reason); the VMM emits the event and pauses the VM for action 'stop'.
+    block_error: Callable[[dict[str, Any]], None] | None = None

@@ -61,6 +61,25 @@ def _header(entry: Entry, ino: int, name: bytes) -> bytes:
     return _MAGIC + b"".join(b"%08X" % f for f in fields)
 
 
+def _checked(entry: Entry, name: str) -> bytes:
+    """The name as stored, after refusing what newc cannot say: a NUL ends
+    the name early (the kernel would unpack a different file), and every
+    header field is eight hex digits (a larger value shifts every later field)."""
+    try:
+        raw = name.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"cpio entry name {entry.name!r} is not valid UTF-8 text") from None
+    if b"\0" in raw:
+        raise ValueError(f"cpio entry name {entry.name!r} contains a NUL byte")
+    for field in ("mode", "uid", "gid", "mtime", "rdev_major", "rdev_minor"):
+        value = getattr(entry, field)
+        if not 0 <= value <= 0xFFFFFFFF:
+            raise ValueError(f"cpio entry {entry.name!r}: {field} {value} does not fit in 32 bits")
+    if len(entry.data) > 0xFFFFFFFF:
+        raise ValueError(f"cpio entry {entry.name!r}: {len(entry.data)} bytes is too large for newc")
+    return raw
+
+
 def write(out: BinaryIO, entries: list[Entry]) -> None:
     """Write ``entries`` (parents before children) and the trailer to ``out``."""
     seen: set[str] = set()
@@ -69,7 +88,7 @@ def write(out: BinaryIO, entries: list[Entry]) -> None:
         if not name or name in seen:
             raise ValueError(f"cpio entry name {entry.name!r} is empty or repeated")
         seen.add(name)
-        raw = name.encode()
+        raw = _checked(entry, name)
         head = _header(entry, 0 if name == _TRAILER else ino, raw) + raw + b"\0"
         out.write(head + _pad(len(head)))
         out.write(entry.data + _pad(len(entry.data)))

@@ -46,8 +46,10 @@ class Console:
         self._file = None
         self._listener: socket.socket | None = None
         self._clients: list[socket.socket] = []
+        self._backlog: dict[socket.socket, bytearray] = {}   # output a slow client has yet to take
         self._saved_tty = None
         self._wake_r, self._wake_w = os.pipe()
+        self._poke_r, self._poke_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._threads: list[threading.Thread] = []
         self._escape = False
         self._replayed = False
@@ -110,15 +112,10 @@ class Console:
             self._cond.notify_all()
             if self.spec.kind == "unix":
                 # Under the lock, so a client accepted meanwhile gets each
-                # byte once (replay or live); non-blocking, so a client that
-                # stops reading loses output instead of stalling the guest.
+                # byte once (replay or live); never blocking, so a client
+                # that stops reading loses output instead of stalling the guest.
                 for c in list(self._clients):
-                    try:
-                        c.send(data)
-                    except BlockingIOError:
-                        pass
-                    except OSError:
-                        self._clients.remove(c)
+                    self._send_to(c, data)
                 return
         try:
             if self.spec.kind == "stdio":
@@ -237,10 +234,19 @@ class Console:
     def _socket_loop(self) -> None:
         while not self._closed:
             with self._cond:
-                socks = [self._listener, self._wake_r, *self._clients]
-            r, _, _ = select.select(socks, [], [])
+                socks = [self._listener, self._wake_r, self._poke_r, *self._clients]
+                behind = [c for c in self._clients if self._backlog.get(c)]
+            r, w, _ = select.select(socks, behind, [])
             if self._wake_r in r:
                 return
+            if self._poke_r in r:
+                os.read(self._poke_r, 4096)
+                r.remove(self._poke_r)
+            with self._cond:
+                for c in w:
+                    if c in self._clients:
+                        self._send_to(c, b"")
+            w_ready = set(w) - set(r)
             for s in r:
                 if s is self._listener:
                     c, _ = self._listener.accept()
@@ -248,15 +254,14 @@ class Console:
                         # The first client also gets what the guest printed
                         # before anyone was connected (up to REPLAY bytes):
                         # nothing is lost between start-up and connect.
-                        if not self._replayed:
-                            self._replayed = True
-                            try:
-                                c.sendall(bytes(self._buf[-REPLAY:]))
-                            except OSError:
-                                c.close()
-                                continue
                         c.setblocking(False)
                         self._clients.append(c)
+                        self._backlog[c] = bytearray()
+                        if not self._replayed:
+                            self._replayed = True
+                            self._send_to(c, bytes(self._buf[-REPLAY:]))
+                    continue
+                if s in w_ready:
                     continue
                 try:
                     data = s.recv(4096)
@@ -266,11 +271,34 @@ class Console:
                     data = b""
                 if not data:
                     with self._cond:
-                        if s in self._clients:
-                            self._clients.remove(s)
+                        self._drop(s)
                     s.close()
                 else:
                     self.send(data)
+
+    def _send_to(self, c: socket.socket, data: bytes) -> None:
+        """Send what the client's socket takes now; keep the rest (at most
+        REPLAY bytes, the oldest dropped) for when it can take more.  Called
+        with the lock held."""
+        backlog = self._backlog.setdefault(c, bytearray())
+        was_behind = bool(backlog)
+        backlog += data
+        if len(backlog) > REPLAY:
+            del backlog[:len(backlog) - REPLAY]
+        try:
+            while backlog:
+                n = c.send(backlog)
+                del backlog[:n]
+        except BlockingIOError:
+            if not was_behind:
+                os.write(self._poke_w, b"w")         # the loop now waits for writability too
+        except OSError:
+            self._drop(c)
+
+    def _drop(self, c: socket.socket) -> None:
+        if c in self._clients:
+            self._clients.remove(c)
+        self._backlog.pop(c, None)
 
     def close(self) -> None:
         if self._closed:

@@ -148,7 +148,8 @@ class Machine:
             self.pio_bus.register(EXIT_PORT, 4, DebugExit(self._debug_exit))
         self.device_context = DeviceContext(
             memory=self.memory, pio_bus=self.pio_bus, mmio_bus=self.mmio_bus, irq=self.irq,
-            vm=vm, mmio=MmioAllocator(layout.PCI_MMIO_START, layout.PCI_MMIO_END))
+            vm=vm, mmio=MmioAllocator(layout.PCI_MMIO_START, layout.PCI_MMIO_END),
+            block_error=self._block_io_error)
         if self.acpi_pm is not None and acpi.SCI_IRQ in self.device_context.isa_irqs_free:
             self.device_context.isa_irqs_free.remove(acpi.SCI_IRQ)   # the SCI owns IRQ 9
         if cfg.virtio is not None:
@@ -309,9 +310,7 @@ class Machine:
         bridge = find_host_bridge(self.pio_bus)
         if bridge is None:
             return None
-        if bridge.shared_intx is None:
-            return acpi.PciRoot()
-        return acpi.PciRoot(intx_gsi=bridge.shared_intx[1], slots=tuple(s for s in sorted(bridge.slots) if s))
+        return acpi.PciRoot(intx=tuple((r.slot, r.pin, r.gsi) for r in bridge.intx_routes()))
 
     @property
     def cmdline(self) -> str:
@@ -353,8 +352,7 @@ class Machine:
         zp.set_e820(e820)
         mem.write(layout.ZERO_PAGE_ADDR, zp.bytes())
         pci_root = self._pci_root()
-        pci_irqs = [(slot, 0, pci_root.intx_gsi) for slot in pci_root.slots] \
-            if pci_root is not None and pci_root.intx_gsi is not None else []
+        pci_irqs = list(pci_root.intx) if pci_root is not None else []
         mem.write(MPTABLE_ADDR, build_mptable(cfg.cpus, pci_interrupts=pci_irqs))
         if self.acpi_pm is not None:
             for addr, table in acpi.build_acpi_tables(cfg.cpus, pci=pci_root):
@@ -534,6 +532,18 @@ class Machine:
         self._set_state(RunState.RUNNING)
         self._unpark_all()
         self._emit("RESUME")
+        for d in self.virtio_devices:          # werror/rerror=stop: run the held requests again
+            if hasattr(d, "retry"):
+                d.retry()
+
+    def _block_io_error(self, data: dict) -> None:
+        """A disk request failed (I/O thread): QEMU's BLOCK_IO_ERROR event and,
+        for action 'stop', the VM paused (STOP) until 'cont'."""
+        self._emit("BLOCK_IO_ERROR", data)
+        if data.get("action") == "stop" and self._state == RunState.RUNNING:
+            # Not on this thread: it holds the device lock a vCPU may be waiting
+            # for, and pausing waits for every vCPU to park.
+            threading.Thread(target=self.pause, name="io-error-stop", daemon=True).start()
 
     def reset(self, reason: str = "host-qmp-system-reset", guest: bool = False) -> None:
         """Power-cycle in place: RAM cleared, kernel reloaded, devices and vCPUs reset."""

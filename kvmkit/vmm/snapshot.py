@@ -308,7 +308,11 @@ class Snapshot:
                                 f"this kvmkit reads version {STATE_VERSION}")
         if header.get("length") != len(data) or hashlib.sha256(data).hexdigest() != header.get("sha256"):
             raise SnapshotError(f"snapshot {state}: checksum mismatch (the file is damaged)")
-        body = json.loads(data, object_hook=_decode_bytes)
+        try:
+            body = json.loads(data, object_hook=_decode_bytes)
+        except ValueError as e:            # JSONDecodeError, UnicodeDecodeError, bad $bytes hex
+            raise SnapshotError(f"snapshot {state}: the state body is not valid: {e}") from None
+        _check_body(body, state)
         mem = d / MEMORY_FILE
         if not mem.exists() or mem.stat().st_size != body["memory-file-size"]:
             raise SnapshotError(f"snapshot {d}: memory file missing or of the wrong size")
@@ -340,4 +344,27 @@ class Snapshot:
         return memory
 
     def config(self, **overrides: Any) -> "VmConfig":
-        return config_from_record(self.body["config"], self.body["host-compat"], **overrides)
+        try:
+            return config_from_record(self.body["config"], self.body["host-compat"], **overrides)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise SnapshotError(f"snapshot {self.path}: its config record is damaged "
+                                f"({type(e).__name__}: {e})") from None
+
+
+def _check_body(body: Any, state: Path) -> None:
+    """The parts of a body read before a restore starts, with the types the
+    reader relies on: a checksum only proves the file is what some writer
+    wrote, not that the writer was kvmkit."""
+    def bad(what: str) -> SnapshotError:
+        return SnapshotError(f"snapshot {state}: {what}")
+    if not isinstance(body, dict):
+        raise bad("the state body is not an object")
+    if not isinstance(body.get("memory-file-size"), int) or body["memory-file-size"] < 0:
+        raise bad("memory-file-size is missing or not a size")
+    regions = body.get("memory-regions")
+    if not isinstance(regions, list) or not all(
+            isinstance(r, dict) and all(isinstance(r.get(k), int) and r[k] >= 0 for k in ("gpa", "size"))
+            for r in regions):
+        raise bad("memory-regions is missing or damaged")
+    if not isinstance(body.get("config"), dict) or not isinstance(body.get("host-compat"), str):
+        raise bad("the config record is missing")

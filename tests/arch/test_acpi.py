@@ -49,7 +49,7 @@ def test_rsdp_v2_with_both_checksums():
     assert struct.unpack_from("<I", rsdp, 20)[0] == 36
 
 
-@pytest.mark.parametrize("pci", [None, acpi.PciRoot(), acpi.PciRoot(intx_gsi=11, slots=(1, 2))])
+@pytest.mark.parametrize("pci", [None, acpi.PciRoot(), acpi.PciRoot(intx=((1, 0, 11), (2, 0, 11)))])
 def test_every_table_checksums_and_is_where_the_chain_says(pci):
     _, xsdt, tables, facs_addr = _walk(pci=pci)
     for sig, t in [(b"XSDT", xsdt), *tables.items()]:
@@ -67,7 +67,7 @@ def test_every_table_checksums_and_is_where_the_chain_says(pci):
 
 def test_tables_fit_the_reserved_region_and_miss_the_mp_table():
     for cpus in (1, 8, 254):
-        tables = acpi.build_acpi_tables(cpus, pci=acpi.PciRoot(intx_gsi=11, slots=tuple(range(1, 32))))
+        tables = acpi.build_acpi_tables(cpus, pci=acpi.PciRoot(intx=tuple((s, p, 20 + (s + p) % 4) for s in range(1, 32) for p in range(4))))
         spans = sorted((a, a + len(d)) for a, d in tables)
         assert spans[0][0] == acpi.ACPI_REGION[0] and spans[-1][1] <= acpi.ACPI_REGION[1] <= MPTABLE_ADDR
         assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
@@ -129,7 +129,7 @@ def test_aml_encodings():
 
 
 @pytest.mark.skipif(shutil.which("iasl") is None, reason="iasl (acpica-tools) not installed")
-@pytest.mark.parametrize("pci", [None, acpi.PciRoot(intx_gsi=11, slots=(1, 3))])
+@pytest.mark.parametrize("pci", [None, acpi.PciRoot(intx=tuple((s, p, 11) for s in (1, 3) for p in range(4)))])
 def test_iasl_decompiles_the_tables(tmp_path, pci):
     _, xsdt, t, _ = _walk(pci=pci)
     for sig, data in [(b"XSDT", xsdt), *t.items()]:

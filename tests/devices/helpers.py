@@ -9,6 +9,7 @@ import struct
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 from kvmkit.devices.bus import Bus
 from kvmkit.devices.context import DeviceContext, MmioAllocator
@@ -217,3 +218,18 @@ class entered_netns:
                 raise OSError(ctypes.get_errno(), "setns back")
         finally:
             os.close(self._home)
+
+
+def fill_fs(mnt) -> Path:
+    """Eat a (small tmpfs) file system's free space with one file; returns it.
+    Unbuffered, so the last partial write is what fails (not a later close)."""
+    filler = os.path.join(mnt, "filler")
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\1" * 65536)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return Path(filler)

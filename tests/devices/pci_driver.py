@@ -134,3 +134,17 @@ class VirtioPciDriver:
 
 def blk_header(rtype: int, sector: int) -> bytes:
     return struct.pack("<IIQ", rtype, 0, sector)
+
+
+def msix_driver(ctx, device_id: int = 0x1042) -> tuple[VirtioPciDriver, Ring]:
+    """The function with ``device_id`` driven as Linux does with MSI-X: vector 0
+    for config changes, vector 1 for queue 0, all features, DRIVER_OK."""
+    drv = VirtioPciDriver(ctx, find_slot(ctx.pio_bus, 0x1AF4, device_id))
+    drv.enable_msix()
+    drv.program_vector(0)
+    drv.program_vector(1)
+    drv.negotiate()
+    drv.common_write(16, 2, 0)                    # config vector
+    ring = drv.setup_queue(0, 0x10000, vector=1)
+    drv.driver_ok()
+    return drv, ring

@@ -15,7 +15,7 @@ from kvmkit.devices.virtio.blk import (
     F_CONFIG_WCE, S_OK, T_FLUSH, T_IN, T_OUT, WRITEBACK_OFFSET, VirtioBlock, open_backend)
 
 from .helpers import make_context
-from .pci_driver import VirtioPciDriver, blk_header, find_slot
+from .pci_driver import blk_header, msix_driver
 from .test_virtio_pci_blk import DATA, make_raw, request
 
 
@@ -43,14 +43,7 @@ def blk_in(tmp_path):
         ctx = make_context()
         dev = VirtioBlock(ctx.memory, "vda", open_backend(path, "raw", False, cache), path=path, fmt="raw")
         attach_device(ctx, dev, "pci")
-        drv = VirtioPciDriver(ctx, find_slot(ctx.pio_bus, 0x1AF4, 0x1042))
-        drv.enable_msix()
-        drv.program_vector(0)
-        drv.program_vector(1)
-        drv.negotiate()
-        drv.common_write(16, 2, 0)
-        ring = drv.setup_queue(0, 0x10000, vector=1)
-        drv.driver_ok()
+        drv, ring = msix_driver(ctx)
         made.append(dev)
         return ctx, dev, drv, ring, path
     yield make

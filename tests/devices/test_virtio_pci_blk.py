@@ -14,7 +14,7 @@ from kvmkit.devices.virtio.blk import S_IOERR, S_OK, S_UNSUPP, VirtioBlock, open
 from kvmkit.devices.virtio.constants import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, Status
 
 from .helpers import make_context, wait_for
-from .pci_driver import VirtioPciDriver, blk_header, find_slot
+from .pci_driver import VirtioPciDriver, blk_header, find_slot, msix_driver
 
 SIZE = 4 << 20
 HDR, DATA, STATUS = 0x100000, 0x200000, 0x300000
@@ -33,15 +33,7 @@ def blk(tmp_path):
     ctx = make_context()
     dev = VirtioBlock(ctx.memory, "vda", open_backend(path, "raw", False), path=path, fmt="raw")
     attach_device(ctx, dev, "pci")
-    slot = find_slot(ctx.pio_bus, 0x1AF4, 0x1042)
-    drv = VirtioPciDriver(ctx, slot)
-    drv.enable_msix()
-    drv.program_vector(0)
-    drv.program_vector(1)
-    drv.negotiate()
-    drv.common_write(16, 2, 0)                    # config vector
-    ring = drv.setup_queue(0, 0x10000, vector=1)
-    drv.driver_ok()
+    drv, ring = msix_driver(ctx)
     yield ctx, dev, drv, ring, path, data
     dev.close()
 

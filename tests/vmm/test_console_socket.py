@@ -71,3 +71,31 @@ def test_a_client_that_stops_reading_does_not_block_output(tmp_path):
         idle.close()
     finally:
         con.close()
+
+
+def test_a_first_client_that_never_reads_its_replay_does_not_block_output(tmp_path):
+    """The replay of earlier output to the first client was a blocking
+    sendall under the console lock: with more than a socket buffer of
+    output before it connected (a long boot log) and a client that never
+    read, every later guest write (a vCPU in the UART) waited forever."""
+    path = str(tmp_path / "c.sock")
+    con = Console(SerialSpec.parse(f"unix:{path}"))
+    try:
+        early = bytes(range(256)) * 2048                  # 512 KiB, past any socket buffer
+        con.write(early)
+        idle = _client(path)
+        time.sleep(0.3)                                   # the replay has started
+        t = time.monotonic()
+        for _ in range(256):
+            con.write(b"y" * 1024)
+        assert time.monotonic() - t < 5
+        got = bytearray()                                 # a late reader still gets it all, in order
+        idle.settimeout(5)
+        while len(got) < len(early) + (256 << 10):
+            chunk = idle.recv(1 << 16)
+            assert chunk, len(got)
+            got += chunk
+        assert bytes(got) == early + b"y" * (256 << 10)
+        idle.close()
+    finally:
+        con.close()

@@ -63,13 +63,13 @@ class PciRoot:
     only the PCI roots the DSDT names (PNP0A03), not bus 0 by default, so a
     machine with a host bridge at 0xCF8 must declare it here.
 
-    ``intx_gsi``/``slots``: the one GSI all INTx pins share and the populated
-    slots, for ``_PRT`` (kept to the real slots: Linux re-evaluates _PRT for
-    each device it enables, and AML is slow when guest kernel code is emulated).
+    ``intx``: (slot, pin 0-3, GSI) for every INTx pin of the populated
+    slots, the ``_PRT`` (kept to the real slots: Linux re-evaluates _PRT for
+    each device it enables, and AML is slow when guest kernel code is
+    emulated).  The MP table is written from the same list.
     """
 
-    intx_gsi: int | None = None
-    slots: tuple[int, ...] = ()
+    intx: tuple[tuple[int, int, int], ...] = ()
     mmio_start: int = PCI_MMIO_START
     mmio_end: int = PCI_MMIO_END          # exclusive
 
@@ -161,11 +161,11 @@ def _pci_root_device(pci: PciRoot) -> bytes:
     terms = [aml.name("_HID", aml.eisa_id("PNP0A03")), aml.name("_ADR", aml.integer(0)),
              aml.name("_UID", aml.integer(0)), aml.name("_BBN", aml.integer(0)),
              aml.name("_CRS", crs)]
-    if pci.intx_gsi is not None and pci.slots:
+    if pci.intx:
         # GSI form (source 0): the index is the GSI, level-triggered, active low.
         prt = [aml.package(aml.integer((slot << 16) | 0xFFFF), aml.integer(pin), aml.integer(0),
-                           aml.integer(pci.intx_gsi))
-               for slot in pci.slots for pin in range(4)]
+                           aml.integer(gsi))
+               for slot, pin, gsi in pci.intx]
         terms.append(aml.name("_PRT", aml.package(*prt)))
     return aml.device("PCI0", *terms)
 

@@ -140,9 +140,11 @@ def _parse_elf(p: Path) -> KernelImage:
             raise ConfigError(f"kernel {p}: ELF machine {e_machine} is not x86-64")
         if e_phnum == 0 or e_phentsize < 56 or e_phnum > 256:
             raise ConfigError(f"kernel {p}: ELF file has no usable program headers")
+        size = os.fstat(f.fileno()).st_size
+        if e_phoff + e_phentsize * e_phnum > size:    # also what seek() and read() would choke on
+            raise ConfigError(f"kernel {p}: ELF program headers lie outside the file")
         f.seek(e_phoff)
         phdrs = f.read(e_phentsize * e_phnum)
-    size = p.stat().st_size
     segments = []
     for i in range(e_phnum):
         (p_type, _pflags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz,

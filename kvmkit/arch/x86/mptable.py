@@ -17,6 +17,7 @@ IOAPIC_VERSION = 0x11
 CPU_ENABLED, CPU_BOOTPROCESSOR = 1, 2
 MP_INT, MP_NMI, MP_EXTINT = 0, 1, 3
 ISA_BUS_ID, PCI_BUS_ID = 0, 1
+MP_LEVEL_ACTIVE_LOW = 0xF          # polarity 11 (low), trigger 11 (level)
 
 
 def _checksum(data: bytes) -> int:
@@ -41,9 +42,11 @@ def build_mptable(nr_cpus: int, cpu_signature: int = 0x600, features: int = 0x20
     for irq in range(16):
         entries.append(struct.pack("<BBHBBBB", 3, MP_INT, 0, ISA_BUS_ID, irq, ioapic_id, irq))
     for slot, pin, gsi in pci_interrupts:
-        # Level-triggered, active high: KVM's IOAPIC XORs the line with the
-        # programmed polarity, and the VMM drives INTx as 1 = asserted.
-        entries.append(struct.pack("<BBHBBBB", 3, MP_INT, 0xD, PCI_BUS_ID, (slot << 2) | pin, ioapic_id, gsi))
+        # Level-triggered, active low (PCI's INTx#), as the ACPI _PRT says:
+        # KVM's IOAPIC ignores the programmed polarity for KVM_IRQ_LINE, so
+        # the VMM's 1 = asserted works with either (tests/devices/test_intx.py).
+        entries.append(struct.pack("<BBHBBBB", 3, MP_INT, MP_LEVEL_ACTIVE_LOW, PCI_BUS_ID,
+                                   (slot << 2) | pin, ioapic_id, gsi))
     entries.append(struct.pack("<BBHBBBB", 4, MP_EXTINT, 0, ISA_BUS_ID, 0, 0xFF, 0))
     entries.append(struct.pack("<BBHBBBB", 4, MP_NMI, 0, ISA_BUS_ID, 0, 0xFF, 1))
     body = b"".join(entries)

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 
 from kvmkit.devices.bus import Bus, BusConflictError
+from kvmkit.devices.irq import IrqLine
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ SUBSYS_VENDOR, SUBSYS_ID = 0x2C, 0x2E
 CAP_PTR, INT_LINE, INT_PIN = 0x34, 0x3C, 0x3D
 
 CMD_IO, CMD_MEM, CMD_MASTER, CMD_INTX_DISABLE = 0x1, 0x2, 0x4, 0x400
-STATUS_CAP_LIST = 0x10
+STATUS_INTX, STATUS_CAP_LIST = 0x08, 0x10
 CONFIG_SIZE = 256
 
 
@@ -93,6 +94,10 @@ class PciFunction:
         self.mmio_bus: Bus | None = None
         self.pio_bus: Bus | None = None
         self.address = (0, 0, 0)   # (bus, slot, function), set by the host bridge
+        self.intx_line: IrqLine | None = None
+        self.intx_gsi = 0
+        self.intx_lock = threading.RLock()   # INTx state; subclasses guard their ISR with it
+        self._intx_asserted = False
 
     # -- construction ------------------------------------------------------
     def add_bar(self, index: int, size: int, kind: BarKind = BarKind.MEM32,
@@ -125,6 +130,31 @@ class PciFunction:
 
     def set_interrupt(self, line: int, pin: int = 1) -> None:
         self.cfg[INT_LINE], self.cfg[INT_PIN] = line, pin
+
+    @property
+    def interrupt_pin(self) -> int:
+        """0 for none, 1-4 for INTA#-INTD# (the Interrupt Pin register)."""
+        return self.cfg[INT_PIN]
+
+    def connect_intx(self, line: IrqLine, gsi: int) -> None:
+        """The host bridge wires our pin to ``line`` (IOAPIC input ``gsi``) and,
+        as firmware does, writes the Interrupt Line register."""
+        self.intx_line, self.intx_gsi = line, gsi
+        self.cfg[INT_LINE] = gsi
+
+    def set_intx(self, asserted: bool) -> None:
+        """Assert or deassert our INTx#.  Status bit 3 shows it; the line
+        follows unless the driver set Interrupt Disable (command bit 10), and
+        clearing that bit again re-asserts a still-pending interrupt."""
+        with self.intx_lock:
+            self._intx_asserted = asserted
+            self._drive_intx()
+
+    def _drive_intx(self) -> None:
+        status = self.status & ~STATUS_INTX
+        struct.pack_into("<H", self.cfg, STATUS, status | (STATUS_INTX if self._intx_asserted else 0))
+        if self.intx_line is not None:
+            self.intx_line.set_level(self._intx_asserted and not self.command & CMD_INTX_DISABLE)
 
     def attach(self, mmio_bus: Bus, pio_bus: Bus) -> None:
         self.mmio_bus, self.pio_bus = mmio_bus, pio_bus
@@ -195,6 +225,9 @@ class PciFunction:
                 self.cfg[o] = cur & 0xFF
             if self.command != old_cmd:
                 self._remap()
+                if (self.command ^ old_cmd) & CMD_INTX_DISABLE:
+                    with self.intx_lock:
+                        self._drive_intx()
         self.config_written(off, size)
 
     def config_written(self, off: int, size: int) -> None:
@@ -280,36 +313,7 @@ class PciFunction:
     def load_state(self, state: dict) -> None:
         self.cfg[:] = bytes.fromhex(state["cfg"])
         self._remap()
+        # The line's level is not in the irqchip state KVM restores (its
+        # per-source line state is not saved): drive it again from ours.
+        self.set_intx(bool(self.status & STATUS_INTX))
 
-
-class SharedIntx:
-    """One level-triggered INTx line shared by several functions (wire-OR):
-    the line stays high while any function asserts it."""
-
-    def __init__(self, line: object) -> None:
-        self._line = line
-        self._asserted: set[int] = set()
-        self._lock = threading.Lock()
-
-    def pin(self, owner: object) -> "_IntxPin":
-        return _IntxPin(self, id(owner))
-
-    def _set(self, key: int, high: bool) -> None:
-        with self._lock:
-            before = bool(self._asserted)
-            (self._asserted.add if high else self._asserted.discard)(key)
-            after = bool(self._asserted)
-        if before != after:
-            self._line.set_level(after)
-
-
-class _IntxPin:
-    def __init__(self, shared: SharedIntx, key: int) -> None:
-        self._shared, self._key = shared, key
-
-    def set_level(self, high: bool) -> None:
-        self._shared._set(self._key, high)
-
-    def pulse(self) -> None:
-        self.set_level(True)
-        self.set_level(False)

@@ -14,6 +14,7 @@ import threading
 from kvmkit.devices.bus import Bus
 from kvmkit.devices.context import MmioAllocator
 from kvmkit.devices.pci.function import BarKind, PciFunction
+from kvmkit.devices.pci.intx import IntxRoute, IntxRouter
 
 CONFIG_ADDRESS = 0xCF8
 CONFIG_DATA = 0xCFC
@@ -57,7 +58,7 @@ class PciHostBridge:
         self.config_address = 0
         self._lock = threading.Lock()
         self.slots: dict[int, PciFunction] = {}
-        self.shared_intx: tuple[object, int] | None = None    # (SharedIntx, gsi) for INTx users
+        self.intx: IntxRouter | None = None     # INTx wiring; set before the first add()
         self.bridge = PciFunction(HOST_BRIDGE_VENDOR, HOST_BRIDGE_DEVICE, CLASS_HOST_BRIDGE)
         self.slots[0] = self.bridge
         pio_bus.register(CONFIG_ADDRESS, 4, _AddressPort(self))
@@ -74,6 +75,9 @@ class PciHostBridge:
                 raise ValueError(f"PCI slot {slot} is taken or out of range")
             self.slots[slot] = fn
         fn.address = (0, slot, 0)
+        if self.intx is not None and fn.interrupt_pin:
+            pin = fn.interrupt_pin - 1
+            fn.connect_intx(self.intx.connect(slot, fn, pin), self.intx.gsi(slot, pin))
         fn.attach(self.mmio_bus, self.pio_bus)
         if self.mmio is not None:
             for bar in fn.bars.values():
@@ -81,11 +85,18 @@ class PciHostBridge:
                     fn.set_bar_address(bar.index, self.mmio.allocate(bar.size, align=max(bar.size, 0x1000)))
         return slot
 
+    def intx_routes(self) -> tuple[IntxRoute, ...]:
+        """Every INTx pin of the populated slots, for the MP table and ``_PRT``."""
+        if self.intx is None:
+            return ()
+        return self.intx.routes([s for s, f in self.slots.items() if f.interrupt_pin])
+
     def remove(self, fn: PciFunction) -> None:
         with self._lock:
             for s, f in list(self.slots.items()):
                 if f is fn and s:
                     del self.slots[s]
+        fn.set_intx(False)                 # an unplugged function holds no line high
         fn.unplug()
 
     def _target(self) -> tuple[PciFunction | None, int]:

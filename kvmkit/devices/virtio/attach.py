@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from kvmkit.devices.context import DeviceContext
-from kvmkit.devices.pci.function import SharedIntx
+from kvmkit.devices.pci.intx import IntxRouter
 from kvmkit.devices.pci.host import PciHostBridge, find_host_bridge
 from kvmkit.devices.virtio.balloon import VirtioBalloon
 from kvmkit.devices.virtio.blk import VirtioBlock, open_backend
@@ -41,7 +41,8 @@ def build_devices(ctx: DeviceContext, specs: VirtioSpecs) -> list[VirtioDevice]:
             image = open_backend(d.path, d.format, d.readonly, d.cache)
             devices.append(VirtioBlock(ctx.memory, f"virtio{i}", image, readonly=d.readonly,
                                        discard=d.discard, serial=d.serial or "", path=d.path,
-                                       fmt=getattr(image, "format", d.format or "")))
+                                       fmt=getattr(image, "format", d.format or ""),
+                                       werror=d.werror, rerror=d.rerror, on_error=ctx.block_error))
         for i, n in enumerate(specs.nets):
             tap = Tap.open(n.tap) if n.fd is None else Tap.adopt(n.fd)
             if (n.tap is None and n.fd is None) or n.bridge:
@@ -80,27 +81,30 @@ def _close_all(devices: list[VirtioDevice]) -> None:
             log.exception("closing %s", dev.name)
 
 
-def _pci_bridge(ctx: DeviceContext) -> tuple[PciHostBridge, SharedIntx | None, int]:
+PCI_INTX_GSIS = (20, 21, 22, 23)        # IOAPIC inputs above the ISA range, as QEMU's PIIX/Q35 use
+
+
+def _pci_bridge(ctx: DeviceContext) -> PciHostBridge:
     bridge = find_host_bridge(ctx.pio_bus)
     if bridge is None:
         bridge = PciHostBridge(ctx.pio_bus, ctx.mmio_bus, ctx.mmio)
     elif bridge.mmio is None:
         bridge.mmio = ctx.mmio
-    if bridge.shared_intx is None and ctx.isa_irqs_free:
-        gsi = ctx.isa_irqs_free.pop()
-        bridge.shared_intx = (SharedIntx(ctx.irq.irq_line(gsi)), gsi)   # one line for all functions
-    if bridge.shared_intx is None:
-        return bridge, None, 0
-    intx, gsi = bridge.shared_intx
-    return bridge, intx, gsi
+    if bridge.intx is None:
+        # Up to four INTx lines, taken from the top of the free IOAPIC inputs
+        # (virtio-mmio takes from the bottom).
+        gsis = [g for g in PCI_INTX_GSIS if g in ctx.isa_irqs_free] or ctx.isa_irqs_free[-1:]
+        if gsis:
+            for g in gsis:
+                ctx.isa_irqs_free.remove(g)
+            bridge.intx = IntxRouter(ctx.irq, gsis)
+    return bridge
 
 
 def attach_device(ctx: DeviceContext, dev: VirtioDevice, transport: str) -> None:
     """Put one built device on ``transport`` and start it."""
     if transport == "pci":
-        bridge, intx, gsi = _pci_bridge(ctx)
-        fn = VirtioPciFunction(dev, ctx.irq, ctx.vm, intx.pin(dev) if intx else None, gsi)
-        bridge.add(fn)
+        _pci_bridge(ctx).add(VirtioPciFunction(dev, ctx.irq, ctx.vm))
     else:
         if not ctx.isa_irqs_free:
             raise ConfigError(f"no free interrupt line for virtio-mmio device {dev.name} "

@@ -9,9 +9,11 @@ wrong shape also fails just that request.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import struct
-from typing import Any
+from typing import Any, Callable
 
 from kvmkit.devices.virtio import iov
 from kvmkit.devices.virtio.constants import DeviceId, bit
@@ -66,8 +68,12 @@ class VirtioBlock(VirtioDevice):
     kind = "virtio-blk"
 
     def __init__(self, memory: GuestMemory, name: str, image: Any, *, readonly: bool = False,
-                 discard: bool = True, serial: str = "", path: str = "", fmt: str = "") -> None:
+                 discard: bool = True, serial: str = "", path: str = "", fmt: str = "",
+                 werror: str = "enospc", rerror: str = "report",
+                 on_error: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.image = image
+        self.werror, self.rerror, self.on_error = werror, rerror, on_error
+        self._stalled: list[Chain] = []       # requests a 'stop' action holds until retry()
         self.readonly = readonly or bool(getattr(image, "readonly", False))
         self.discard = discard and not self.readonly
         self.serial = (serial or name).encode()[:ID_BYTES]
@@ -113,6 +119,9 @@ class VirtioBlock(VirtioDevice):
             log.warning("%s: malformed request (%d out, %d in bytes)", self.name,
                         chain.readable_len, chain.writable_len)
             return self._finish(chain.writable, S_IOERR, 0) if chain.writable_len else 0
+        if self._stalled:                  # behind a stopped request: keep the guest's order
+            self._stalled.append(chain)
+            return None
         rtype, _, sector = _HDR.unpack(iov.gather(chain.readable, _HDR.size))
         _, out = iov.split(chain.readable, _HDR.size)
         data_in, status = iov.split_tail(chain.writable, 1)
@@ -125,9 +134,58 @@ class VirtioBlock(VirtioDevice):
         except _Unsupported:
             written, st = 0, S_UNSUPP
         except (OSError, KvmkitError) as exc:
-            log.warning("%s: I/O error: %s", self.name, exc)
-            written, st = 0, S_IOERR
+            action = self._error_action(rtype, exc)
+            log.warning("%s: I/O error (%s): %s", self.name, action, exc)
+            if action == "stop":
+                self._stalled.append(chain)
+                return None
+            written, st = 0, S_OK if action == "ignore" else S_IOERR
         return self._finish(status, st, written)
+
+    def _error_action(self, rtype: int, exc: BaseException) -> str:
+        """QEMU's werror/rerror: what this failure does, told to the VMM as a
+        BLOCK_IO_ERROR event (which pauses the VM for 'stop')."""
+        nospace = _errno(exc) == errno.ENOSPC
+        write = rtype not in (T_IN, T_GET_ID)
+        policy = self.werror if write else self.rerror
+        action = ("stop" if nospace else "report") if policy == "enospc" else policy
+        if self.on_error is not None:
+            self.on_error({"device": self.name, "node-name": self.name,
+                           "operation": "write" if write else "read", "action": action,
+                           "nospace": nospace, "reason": _reason(exc)})
+        return action
+
+    def retry(self) -> None:
+        """The VM continues ('cont'): run the stopped requests again, in order,
+        on the I/O thread (one may stop the VM again)."""
+        self.io.call_later(0, self._retry)
+
+    def _retry(self) -> None:
+        with self.lock:
+            chains, self._stalled = self._stalled, []
+            if not chains or not self.running:
+                return
+            q = self.queues[0]
+            for chain in chains:
+                written = self.handle_chain(q, chain)
+                if written is not None:
+                    q.push(chain.head, written)
+            self.interrupt(q)
+            if not self._stalled:
+                self.process_queue(q)         # what the guest queued meanwhile
+
+    def on_reset(self) -> None:
+        self._stalled = []
+
+    def device_state(self) -> dict[str, Any]:
+        return {"stalled": len(self._stalled)}
+
+    def load_device_state(self, state: dict[str, Any]) -> None:
+        # Stopped requests were the last ones popped: give them back to the
+        # ring so the restored device pops and runs them again.
+        q = self.queues[0]
+        q.last_avail = (q.last_avail - state.get("stalled", 0)) & 0xFFFF
+        self._stalled = []
 
     def _finish(self, status: list[memoryview], st: int, written: int) -> int:
         status[-1][-1] = st
@@ -214,3 +272,17 @@ class VirtioBlock(VirtioDevice):
 
 class _Unsupported(Exception):
     pass
+
+
+def _errno(exc: BaseException) -> int | None:
+    """The errno of an OSError, or of the OSError an ImageError was raised from."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno:
+            return exc.errno
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    code = _errno(exc)
+    return os.strerror(code) if code else str(exc)

@@ -1,8 +1,10 @@
 """The virtio command-line options as frozen, validated specs.
 
-``--disk path=IMG[,format=raw|qcow2][,readonly=on][,cache=MODE][,discard=unmap|ignore][,serial=S]``
-(MODE: writeback, none, writethrough, directsync, unsafe; see :mod:`kvmkit.block.cachemode`)
-``--net [tap=NAME][,mac=52:54:00:12:34:56][,bridge=BR]``   (no tap → kvmkit creates one; bridge: join BR)
+``--disk path=IMG[,format=raw|qcow2][,readonly=on][,cache=MODE][,discard=unmap|ignore][,serial=S]
+[,werror=enospc|stop|report|ignore][,rerror=report|stop|ignore]``
+(MODE: writeback, none, writethrough, directsync, unsafe; see :mod:`kvmkit.block.cachemode`;
+werror/rerror as QEMU's: what a failed guest write/read does, default enospc/report)
+``--net [tap=NAME][,mac=52:54:00:12:34:56][,bridge=BR][,fd=N]``   (no tap → kvmkit creates one; bridge: join BR; fd: an open tap)
 ``--console virtio[,out=FILE]``   ``--rng``   ``--balloon[,deflate-on-oom=on|off]``
 ``--vsock cid=N,uds=PATH``   ``--virtio-transport pci|mmio``
 
@@ -21,6 +23,8 @@ from kvmkit.errors import ConfigError
 _BOOL = {"on": True, "yes": True, "true": True, "1": True,
          "off": False, "no": False, "false": False, "0": False}
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+WERROR = ("enospc", "stop", "report", "ignore")       # QEMU's BlockdevOnError for writes
+RERROR = ("report", "stop", "ignore")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class DiskSpec:
     cache: str = "writeback"           # a QEMU cache mode: kvmkit.block.cachemode.MODES
     discard: bool = False              # discard=unmap: guest discards punch holes
     serial: str | None = None
+    werror: str = "enospc"             # QEMU's: stop the VM on ENOSPC, report other write errors
+    rerror: str = "report"
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,8 @@ def _bool(option: str, key: str, value: str) -> bool:
 
 
 def parse_disk(text: str) -> DiskSpec:
-    o = _options("--disk", text, {"path", "format", "readonly", "cache", "discard", "serial"}, bare="path")
+    o = _options("--disk", text, {"path", "format", "readonly", "cache", "discard", "serial", "werror", "rerror"},
+                 bare="path")
     if not o.get("path"):
         raise ConfigError("--disk: path=IMG is required")
     fmt = o.get("format")
@@ -118,7 +125,12 @@ def parse_disk(text: str) -> DiskSpec:
     if serial is not None and (len(serial) > 20 or not serial.isprintable()):
         raise ConfigError(f"--disk: serial={serial!r} must be at most 20 printable characters")
     readonly = _bool("--disk", "readonly", o["readonly"]) if "readonly" in o else False
-    return DiskSpec(o["path"], fmt, readonly, cache, discard in ("unmap", "on"), serial)
+    werror, rerror = o.get("werror", "enospc"), o.get("rerror", "report")
+    if werror not in WERROR:
+        raise ConfigError(f"--disk: werror={werror!r} must be one of {', '.join(WERROR)}")
+    if rerror not in RERROR:
+        raise ConfigError(f"--disk: rerror={rerror!r} must be one of {', '.join(RERROR)}")
+    return DiskSpec(o["path"], fmt, readonly, cache, discard in ("unmap", "on"), serial, werror, rerror)
 
 
 def parse_net(text: str) -> NetSpec:

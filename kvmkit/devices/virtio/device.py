@@ -167,7 +167,11 @@ class VirtioDevice:
         except ChainError as exc:
             self.needs_reset(str(exc))
             return
-        self.on_activate()
+        try:
+            self.on_activate()
+        except OSError as exc:            # the backend refused what the driver asked for
+            self.needs_reset(f"activating: {exc.strerror or exc}")
+            return
         for q in self.queues:                  # kicks sent before activation were dropped
             os.eventfd_write(q.notify_fd, 1)
 

@@ -75,8 +75,8 @@ class VirtioNet(VirtioDevice):
                 offload |= TUN_F_TSO4
             if f & bit(F_GUEST_TSO6):
                 offload |= TUN_F_TSO6
-            if f & bit(F_GUEST_ECN):
-                offload |= TUN_F_TSO_ECN
+            if f & bit(F_GUEST_ECN) and offload & (TUN_F_TSO4 | TUN_F_TSO6):
+                offload |= TUN_F_TSO_ECN      # ECN needs TSO (virtio 1.2 §5.1.3.1); the tap refuses it alone
         if self.tap.vnet_hdr:
             self.tap.set_offload(offload)
         self._poll_tap(True)

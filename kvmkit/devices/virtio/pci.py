@@ -3,8 +3,13 @@
 One 64-bit memory BAR holds the common configuration, the ISR byte, the
 device configuration, one notify doorbell per queue (notify_off_multiplier
 4, so each queue has its own address and its own ioeventfd) and the MSI-X
-table and PBA.  Queue interrupts go through MSI-X (irqfd); INTx with the ISR
-byte is the fallback for drivers that do not enable MSI-X.
+table and PBA.  Queue interrupts go through MSI-X (irqfd); INTA# with the
+ISR byte is the fallback for drivers that do not enable MSI-X (virtio 1.2
+§4.1.4.5: the device sets an ISR bit and asserts the line, a driver's read of
+the ISR returns the bits, clears them and deasserts).  Setting an ISR bit and
+reading it are one atomic step under the function's INTx lock: otherwise an
+interrupt raised by the I/O thread between the vCPU's read and its clear is
+lost, and the driver waits forever for a request that completed.
 """
 
 from __future__ import annotations
@@ -13,8 +18,7 @@ import logging
 import struct
 from typing import Any
 
-from kvmkit.devices.irq import IrqLine
-from kvmkit.devices.pci.function import BarKind, PciFunction
+from kvmkit.devices.pci.function import INT_LINE, BarKind, PciFunction
 from kvmkit.devices.pci.msix import MsixCapability
 from kvmkit.devices.virtio.constants import ISR_CONFIG, ISR_QUEUE, NO_VECTOR, DeviceId
 from kvmkit.devices.virtio.device import VirtioDevice
@@ -48,22 +52,19 @@ def _virtio_cap(cfg_type: int, offset: int, length: int, extra: bytes = b"") -> 
 class VirtioPciFunction(PciFunction):
     """A virtio device on PCI; implements :class:`~kvmkit.devices.virtio.device.Transport`."""
 
-    def __init__(self, device: VirtioDevice, irq: Any, vm: Any = None,
-                 intx: IrqLine | None = None, intx_gsi: int = 0) -> None:
+    def __init__(self, device: VirtioDevice, irq: Any, vm: Any = None) -> None:
         super().__init__(VENDOR_REDHAT_QUMRANET, MODERN_DEVICE_BASE + device.device_id,
                          CLASS_CODES.get(device.device_id, 0xFF0000), revision=1,
                          subsystem_vendor=VENDOR_REDHAT_QUMRANET, subsystem=0x40)
         self.device = device
         self.vm = vm
-        self.intx = intx
         self.isr = 0
         self.config_vector = NO_VECTOR
         self.device_feature_select = 0
         self.driver_feature_select = 0
         self.queue_select = 0
         self._ioeventfds: list[tuple[int, int]] = []
-        if intx is not None:
-            self.set_interrupt(intx_gsi)
+        self.set_interrupt(0xFF, pin=1)          # INTA#; the host bridge wires it (0xFF: not yet)
         self.add_bar(BAR, BAR_SIZE, BarKind.MEM64)
         nq = len(device.queues)
         self.add_capability(CAP_VENDOR, _virtio_cap(CAP_COMMON, COMMON_OFF, COMMON_LEN))
@@ -95,9 +96,16 @@ class VirtioPciFunction(PciFunction):
             self._intx(ISR_CONFIG)
 
     def _intx(self, bit: int) -> None:
-        self.isr |= bit
-        if self.intx is not None and not self.command & 0x400:
-            self.intx.set_level(True)
+        with self.intx_lock:
+            self.isr |= bit
+            self.set_intx(True)
+
+    def read_isr(self) -> int:
+        """The driver's ISR read: the pending bits, cleared, and INTx deasserted."""
+        with self.intx_lock:
+            value, self.isr = self.isr, 0
+            self.set_intx(False)
+        return value
 
     def describe(self) -> dict[str, Any]:
         return {"transport": "pci", "pci-address": self.bdf, "bar0": self.mapped_address(BAR),
@@ -108,10 +116,7 @@ class VirtioPciFunction(PciFunction):
         if COMMON_OFF <= offset < COMMON_OFF + COMMON_LEN:
             return self._common_read(offset - COMMON_OFF, size)
         if ISR_OFF <= offset < ISR_OFF + ISR_LEN:
-            value, self.isr = self.isr, 0        # reading the ISR acknowledges INTx
-            if self.intx is not None:
-                self.intx.set_level(False)
-            return value if offset == ISR_OFF else 0
+            return self.read_isr() if offset == ISR_OFF else 0
         if DEVICE_OFF <= offset < DEVICE_OFF + DEVICE_LEN:
             return self.device.read_config(offset - DEVICE_OFF, size)
         if MSIX_TABLE_OFF <= offset < MSIX_PBA_OFF:
@@ -213,16 +218,15 @@ class VirtioPciFunction(PciFunction):
             self._clear_interrupts()
 
     def _clear_interrupts(self) -> None:
-        self.isr = 0
+        self.read_isr()
         self.config_vector = NO_VECTOR
-        if self.intx is not None:
-            self.intx.set_level(False)
 
     def reset(self) -> None:
         """Machine reset: configuration space and MSI-X back to how we plugged in."""
         self._clear_interrupts()
         self.queue_select = self.device_feature_select = self.driver_feature_select = 0
         self.cfg[:] = self._initial_cfg
+        self.cfg[INT_LINE] = self.intx_gsi if self.intx_line is not None else 0xFF
         self._remap()
         self.msix.reset()
 
@@ -282,9 +286,9 @@ class VirtioPciFunction(PciFunction):
                 "dfsel": self.device_feature_select, "drfsel": self.driver_feature_select}
 
     def load_state(self, state: dict) -> None:
+        self.isr, self.config_vector = state["isr"], state["config_vector"]
         super().load_state(state["pci"])
         self.msix.load_state(state["msix"])
-        self.isr, self.config_vector = state["isr"], state["config_vector"]
         self.queue_select = state["queue_select"]
         self.device_feature_select, self.driver_feature_select = state["dfsel"], state["drfsel"]
 

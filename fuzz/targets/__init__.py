@@ -1,0 +1,1 @@
+"""Fuzz targets, one module per area of untrusted input."""
