@@ -202,7 +202,8 @@ def restore(directory: str | os.PathLike, clone_dir: str | os.PathLike | None = 
     for dev in m.virtio_devices:
         if dev.kind == "virtio-net":
             dev.config_changed()        # the new MAC: a config interrupt for drivers that re-read it
-    p.record["taps"] = [d.tap.name for d in m.virtio_devices if d.kind == "virtio-net"]
+    from kvmkit.vmm.snapshot import tap_names
+    p.record["taps"] = tap_names(m)
     p.record["uuid"] = config.uuid
     (p.directory / CLONE_RECORD).write_text(json.dumps(p.record, indent=2) + "\n")
     m.clone_directory = p.directory

@@ -121,16 +121,28 @@ def apply_vcpu(vcpu, s: dict[str, Any]) -> list[int]:
     return refused
 
 
-def config_record(config: "VmConfig") -> dict[str, Any]:
+def config_record(config: "VmConfig", tap_names: list[str] | None = None) -> dict[str, Any]:
     """What a restore needs to rebuild the same machine (the serial
-    console and start-paused are the restoring side's choice)."""
+    console and start-paused are the restoring side's choice).  A NIC on a
+    tap handed over by descriptor (``fd=N``, a jail's supervisor) is recorded
+    by the tap's name from ``tap_names``: a descriptor number means nothing
+    to the process that restores."""
     virtio = None
     if config.virtio is not None:
         virtio = dataclasses.asdict(config.virtio)
+        for i, n in enumerate(virtio["nets"]):
+            if n.get("fd") is not None:
+                n["fd"] = None
+                n["tap"] = tap_names[i] if tap_names and i < len(tap_names) else None
     return {"kernel": str(config.kernel), "initrd": str(config.initrd) if config.initrd else None,
             "cmdline": config.cmdline, "memory": config.memory, "cpus": config.cpus,
             "name": config.name, "uuid": config.uuid, "debug_ports": config.debug_ports,
             "reboot_action": config.reboot_action, "acpi": config.acpi, "virtio": virtio}
+
+
+def tap_names(machine: Any) -> list[str]:
+    """The machine's NICs' tap names, in NIC order."""
+    return [d.tap.name for d in machine.virtio_devices if d.kind == "virtio-net"]
 
 
 def config_from_record(rec: dict[str, Any], compat: str, **overrides: Any) -> "VmConfig":
@@ -160,7 +172,7 @@ def capture(machine: "Machine") -> dict[str, Any]:
     vm = machine.vm
     msr_indices = sorted(machine._msr_index)
     return {
-        "config": config_record(machine.config),
+        "config": config_record(machine.config, tap_names(machine)),
         "host-compat": "on" if machine.compat.enabled else "off",
         "memory-regions": [{"gpa": r.guest_phys_addr, "size": r.size} for r in machine.memory.regions],
         # The clock as the guest last saw it: a paused VM's clock stopped

@@ -104,3 +104,17 @@ def test_damaged_and_foreign_snapshots_are_refused(tiny_guest, machine, tmp_path
         f.truncate(4096)
     with pytest.raises(SnapshotError, match="memory file"):
         Snapshot.open(tmp_path / "s")
+
+
+def test_a_nic_handed_over_by_descriptor_is_recorded_by_its_tap_name(tiny_guest):
+    """A jailed VMM's NICs are ``fd=N`` (opened by its supervisor); the
+    state must name the tap, since N means nothing to the restoring process."""
+    from kvmkit.devices.virtio.config import NetSpec, VirtioSpecs
+    from kvmkit.vmm.config import VmConfig
+    from kvmkit.vmm.snapshot import config_from_record, config_record
+    cfg = VmConfig.build(tiny_guest("hello"), memory="64M",
+                         virtio=VirtioSpecs(nets=(NetSpec(fd=7, mac="52:54:00:00:00:01"), NetSpec("t1"))))
+    rec = config_record(cfg, ["kvmtap3", "t1"])
+    assert [(n["tap"], n["fd"]) for n in rec["virtio"]["nets"]] == [("kvmtap3", None), ("t1", None)]
+    back = config_from_record(json.loads(json.dumps(rec)), "off")
+    assert back.virtio.nets[0] == NetSpec("kvmtap3", "52:54:00:00:00:01")

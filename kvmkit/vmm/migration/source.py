@@ -348,8 +348,8 @@ class _Throttled:
 
 def stream_config(m: "Machine") -> dict[str, Any]:
     """The CONFIG section: what the destination builds."""
-    from kvmkit.vmm.snapshot import config_record
-    return {"config": config_record(m.config), "host-compat": "on" if m.compat.enabled else "off",
+    from kvmkit.vmm.snapshot import config_record, tap_names
+    return {"config": config_record(m.config, tap_names(m)), "host-compat": "on" if m.compat.enabled else "off",
             "memory-regions": [{"gpa": r.guest_phys_addr, "size": r.size} for r in m.memory.regions],
             "cpus": len(m.vcpus)}
 
