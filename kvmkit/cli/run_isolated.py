@@ -26,7 +26,10 @@ from typing import Callable
 
 import kvmkit
 from kvmkit.errors import ConfigError, KvmkitError
+from kvmkit.sizes import parse_size
 from kvmkit.host import ids, jail, jail_process
+from kvmkit.host.placement import ENV_PLACEMENT, PlacementServer
+from kvmkit.host.resources import release_own
 from kvmkit.host.seccomp_filter import AuditLog
 
 INNER_EXIT_FILE = "/run/kvmkit/exit.json"        # inside the jail; the supervisor writes the real one
@@ -72,8 +75,10 @@ def run_isolated(args: argparse.Namespace, run_inside: Callable[[argparse.Namesp
     _resolve_guest(args)
     plan = _Plan()
     _collect(args, plan)
+    resources = _resources(args)
     lease = ids.allocate()
     spec = None
+    placement = None
     try:
         spec = jail.JailSpec(root=jail.jail_dir() / str(lease.uid), uid=lease.uid, gid=lease.gid,
                              binds=tuple(plan.binds), owned_dirs=_owned_dirs(plan),
@@ -83,21 +88,70 @@ def run_isolated(args: argparse.Namespace, run_inside: Callable[[argparse.Namesp
         _give(plan, lease.uid, lease.gid)
         _link_sockets(spec, plan)
         exit_file, args.exit_file = args.exit_file, INNER_EXIT_FILE
-        spec = replace(spec, keep_fds=tuple(inherited | {lease.fd} | {t.fd for t in plan.taps}))
+        keep = inherited | {lease.fd} | {t.fd for t in plan.taps}
+        if resources is not None:
+            placement = _apply_outside(*resources)
+            keep |= set(placement.child_fds())
+        spec = replace(spec, keep_fds=tuple(keep))
         audit = AuditLog()
         try:
             child = jail_process.spawn(spec, lambda: run_inside(args))
             for t in plan.taps:
                 t.close()
-            status = _supervise(child, spec, exit_file, audit)
+            if placement is not None:
+                placement.forked()
+                os.environ.pop(ENV_PLACEMENT, None)
+            status = _supervise(child, spec, exit_file, audit, placement)
         finally:
             audit.close()
     finally:
         for t in plan.taps:
             t.close()
+        if placement is not None:
+            placement.close()
+            placement.resources.close()
+        release_own()              # a tree a manager made from outside (live schedinfo) while it ran
         _undo(plan, spec)
         lease.release()
     return status
+
+
+def _resources(args: argparse.Namespace):
+    """(ResourceSpec, VM name, vCPUs) when resource options were given,
+    checked against the VM out here; they are applied out here too
+    (:mod:`kvmkit.host.placement`), so the jailed VMM gets none of them."""
+    from kvmkit.cli import run_resources
+    from kvmkit.cli.run import DEFAULT_MEMORY
+    res = run_resources.resource_spec(args)
+    if res is None or args.incoming:
+        return None                        # --incoming: the machine (and its size) comes from the stream
+    if args.restore:
+        from kvmkit.vmm.snapshot import Snapshot
+        cfg = Snapshot.open(_restore_dir(args)).config()
+        vcpus, memory, name = cfg.cpus, cfg.memory, args.name or cfg.name
+    else:
+        vcpus, name = args.cpus, args.name
+        memory = parse_size(args.memory or DEFAULT_MEMORY, default_unit="M", what="memory size")
+    res.validate(vcpus, memory)
+    for opt in run_resources.OPTIONS:
+        setattr(args, opt, [] if isinstance(getattr(args, opt), list) else None)
+    return res, name or "vm", vcpus
+
+
+def _restore_dir(args: argparse.Namespace) -> str:
+    from kvmkit.cli.run import _restore_spec
+    return _restore_spec(args.restore)[0]
+
+
+def _apply_outside(res, name: str, vcpus: int) -> PlacementServer:
+    """The VM's cgroup tree, limits and emulator pinning, with this
+    process in it: the jail forked from here starts inside (this process
+    stays there, idle, as the VMM's part: a manager finds the tree from its
+    pid).  vCPU threads are placed as they ask (:class:`PlacementServer`)."""
+    from kvmkit.host.resources import VmResources
+    server = PlacementServer(VmResources.apply(res, name, vcpus))
+    os.environ[ENV_PLACEMENT] = server.env
+    return server
 
 
 def _open_fds() -> set[int]:
@@ -182,6 +236,9 @@ def _collect(args: argparse.Namespace, plan: _Plan) -> None:
             plan.outputs.append(os.path.abspath(out))
     if args.profile:
         plan.outputs.append(os.path.abspath(args.profile))
+    if args.mem_file:                            # guest RAM the host (or another process) maps too
+        from kvmkit.cli.run_resources import path_and_switch
+        plan.outputs.append(os.path.abspath(path_and_switch(args.mem_file, "--mem-file", "share", "a path")[0]))
     for out in plan.outputs:
         _touch(out)
         plan.bind(out, writable=True)
@@ -266,10 +323,12 @@ def _link_sockets(spec: jail.JailSpec, plan: _Plan) -> None:
 
 
 def _supervise(child: jail_process.JailedProcess, spec: jail.JailSpec, exit_file: str | None,
-               audit: AuditLog) -> int:
+               audit: AuditLog, placement: PlacementServer | None = None) -> int:
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, lambda sig, _frame: child.signal(sig))
     signal.signal(signal.SIGINT, signal.SIG_IGN)         # the terminal sends Ctrl-C to the VMM too
+    if placement is not None:
+        placement.serve(os.getpid(), child.status_fd)
     code, sig = child.wait()
     record = None
     if sig is not None:

@@ -12,6 +12,7 @@ import pytest
 
 from kvmkit.host import affinity
 from kvmkit.host.cgroups import VmCgroup
+from kvmkit.host.jail_process import vmm_pid
 
 from .helpers import tiny_xml
 
@@ -93,9 +94,10 @@ def test_schedinfo_on_a_domain_started_without_tuning(host, tiny_guest, virsh):
     assert cg.get_bandwidth("vcpu") == (100_000, 20_000)
     assert str(tid) in (next(d for d in cg.dirs if "cpu/" in str(d)) / "vcpu0" / "tasks").read_text().split()
     time.sleep(0.3)
-    a, t0 = affinity.thread_cpu_time(pid, tid), time.monotonic()
+    vmm = vmm_pid(pid)                        # jailed: pid is the supervisor's
+    a, t0 = affinity.thread_cpu_time(vmm, tid), time.monotonic()
     time.sleep(3)
-    share = (affinity.thread_cpu_time(pid, tid) - a) / (time.monotonic() - t0)
+    share = (affinity.thread_cpu_time(vmm, tid) - a) / (time.monotonic() - t0)
     assert share < 0.25, share
     host.destroy("plain")
     from tests.host.helpers import kvmkit_cgroups
