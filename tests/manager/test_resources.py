@@ -12,6 +12,7 @@ import pytest
 
 from kvmkit.host import affinity
 from kvmkit.host.cgroups import VmCgroup
+from kvmkit.host.jail import isolation_setting
 from kvmkit.host.jail_process import vmm_pid
 
 from .helpers import tiny_xml
@@ -50,6 +51,8 @@ def test_cputune_and_memtune_reach_the_vmm(host, tiny_guest, virsh):
     host.define(xml)
     host.start("tun")
     pid, (tid,) = _wait_tids(host, "tun")
+    if isolation_setting("on") == "on":       # jailed, as the manager starts every VMM by default
+        assert vmm_pid(pid) != pid
     assert affinity.get_affinity(tid) == {LAST}
     assert affinity.get_affinity(pid) == {CPUS[0]}
     cg = VmCgroup.of_process(pid)
