@@ -74,6 +74,11 @@ def add_parser(subparsers: Any) -> None:
                    help="run the VMM jailed: own mount/PID/IPC/network namespaces, a directory holding only "
                         "its files, its own unprivileged uid, no capabilities, a seccomp allow-list (default: "
                         "$KVMKIT_ISOLATION, else off; the manager turns it on; off is for debugging)")
+    p.add_argument("--jail-bind", action="append", default=[], metavar="DIR",
+                   help="with --isolation on: the existing directory DIR is bound writable into the jail at its "
+                        "own path and belongs to the VM's user while it runs, so QMP commands that write files "
+                        "(kvmkit-snapshot-save, kvmkit-savevm, migrate file:) can write there (repeatable; "
+                        "the manager binds each domain's save area); nothing without isolation")
     p.add_argument("--no-acpi", dest="acpi", action="store_false",
                    help="no ACPI tables or power-management ports (MP table only; "
                         "QMP system_powerdown then sends Ctrl-Alt-Del)")

@@ -239,6 +239,11 @@ def _collect(args: argparse.Namespace, plan: _Plan) -> None:
     if args.mem_file:                            # guest RAM the host (or another process) maps too
         from kvmkit.cli.run_resources import path_and_switch
         plan.outputs.append(os.path.abspath(path_and_switch(args.mem_file, "--mem-file", "share", "a path")[0]))
+    for directory in args.jail_bind:
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--jail-bind {directory}: not a directory")
+        plan.bind(directory, writable=True)
+        plan.writable.append(os.path.abspath(directory))
     for out in plan.outputs:
         _touch(out)
         plan.bind(out, writable=True)

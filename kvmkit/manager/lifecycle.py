@@ -66,6 +66,7 @@ def start(sd: StateDir, d: DomainDef, persistent: bool, restore: "SavedState | N
     lock_fd = claim(rd)
     try:
         rd.clear()
+        rd.save_area.mkdir(mode=0o700)
         ident = next_domain_id(sd)
         if restore is None:
             live = LiveValues(ident, _vsock_cid(d, ident),
