@@ -148,8 +148,14 @@ def _restored_machine(args: argparse.Namespace, serial):
     check_restore_options(args)
     path, shared = _restore_spec(args.restore)
     from kvmkit.cli.run_resources import resource_spec
+    overrides = {}
+    nets = getattr(args, "restore_nets", None)       # jailed: the supervisor opened the snapshot's taps
+    if nets:
+        from dataclasses import replace
+        from kvmkit.vmm.snapshot import Snapshot
+        overrides["virtio"] = replace(Snapshot.open(path).config().virtio, nets=tuple(nets))
     return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused,
-                           resources=resource_spec(args))
+                           resources=resource_spec(args), **overrides)
 
 
 def _incoming_machine(args: argparse.Namespace, serial):

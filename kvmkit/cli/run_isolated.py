@@ -207,8 +207,12 @@ def _collect(args: argparse.Namespace, plan: _Plan) -> None:
         kernel, initrd = str(cfg.kernel), str(cfg.initrd) if cfg.initrd else None
         disks = list(cfg.virtio.disks) if cfg.virtio else []
         if cfg.virtio and cfg.virtio.nets:
-            raise ConfigError("--isolation on: restoring a snapshot with NICs is not supported yet "
-                              "(the taps are the snapshot's); use --isolation off")
+            if any(n.tap is None for n in cfg.virtio.nets):
+                raise ConfigError("--isolation on: this snapshot does not name its taps (it was made by an "
+                                  "older kvmkit from handed-over descriptors); restore it with --isolation off")
+            args.net = [",".join(f"{k}={v}" for k, v in (("tap", n.tap), ("mac", n.mac), ("bridge", n.bridge)) if v)
+                        for n in cfg.virtio.nets]             # opened out here, as for a boot
+            args.restore_nets = cfg.virtio.nets
     for path in (kernel, initrd):
         if path:
             plan.bind(path)
@@ -300,8 +304,14 @@ def _open_taps(args: argparse.Namespace, plan: _Plan) -> None:
         elif n.tap is None:
             tap.set_up()
         os.set_inheritable(tap.fd, True)
-        nets.append(f"fd={tap.fd}" + (f",mac={n.mac}" if n.mac else ""))
-    args.net = nets
+        nets.append(f"fd={tap.fd},tap={tap.name}" + (f",mac={n.mac}" if n.mac else "")
+                    + (f",bridge={n.bridge}" if n.bridge else ""))     # named: a snapshot records them
+    if getattr(args, "restore_nets", None):   # a restore takes its machine from the snapshot: its NICs get the fds
+        from dataclasses import replace as _replace
+        args.restore_nets = tuple(_replace(n, fd=t.fd) for n, t in zip(args.restore_nets, plan.taps))
+        args.net = []
+    else:
+        args.net = nets
 
 
 def _give(plan: _Plan, uid: int, gid: int) -> None:

@@ -127,6 +127,8 @@ def config_record(config: "VmConfig") -> dict[str, Any]:
     virtio = None
     if config.virtio is not None:
         virtio = dataclasses.asdict(config.virtio)
+        for n in virtio["nets"]:
+            n["fd"] = None          # a descriptor handed over means nothing later: the tap's name does
     return {"kernel": str(config.kernel), "initrd": str(config.initrd) if config.initrd else None,
             "cmdline": config.cmdline, "memory": config.memory, "cpus": config.cpus,
             "name": config.name, "uuid": config.uuid, "debug_ports": config.debug_ports,
