@@ -163,9 +163,11 @@ def _incoming_machine(args: argparse.Namespace, serial):
     from kvmkit.vmm.migration.transport import Incoming, parse_uri
     check_restore_options(args, "--incoming", "migration stream")
     incoming = Incoming(parse_uri(args.incoming))
-    where = f"tcp port {incoming.port}" if incoming.port else args.incoming
-    print(f"kvmkit: waiting for an incoming migration on {where}", file=sys.stderr, flush=True)
-    arrival = receive(incoming, serial=serial, start_paused=args.paused)
+    if incoming.uri.scheme != "fd":              # fd: a jail's supervisor has waited (and said so)
+        where = f"tcp port {incoming.port}" if incoming.port else args.incoming
+        print(f"kvmkit: waiting for an incoming migration on {where}", file=sys.stderr, flush=True)
+    nets = getattr(args, "restore_nets", None)
+    arrival = receive(incoming, serial=serial, start_paused=args.paused, **({"nets": nets} if nets else {}))
     print(f"kvmkit: migration received ({arrival.pages * 4096 >> 20} MiB of RAM in "
           f"{arrival.seconds:.2f} s)", file=sys.stderr, flush=True)
     return arrival.machine

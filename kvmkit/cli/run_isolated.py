@@ -89,6 +89,8 @@ def run_isolated(args: argparse.Namespace, run_inside: Callable[[argparse.Namesp
         _link_sockets(spec, plan)
         exit_file, args.exit_file = args.exit_file, INNER_EXIT_FILE
         keep = inherited | {lease.fd} | {t.fd for t in plan.taps}
+        if args.incoming and args.incoming.startswith("fd:"):
+            keep.add(int(args.incoming[3:]))          # the source's stream, accepted out here
         if resources is not None:
             placement = _apply_outside(*resources)
             keep |= set(placement.child_fds())
@@ -169,7 +171,7 @@ def _open_fds() -> set[int]:
 
 def _resolve_guest(args: argparse.Namespace) -> None:
     """No --kernel: the fast guest's files, found (or built) out here."""
-    if args.kernel is not None or args.restore:
+    if args.kernel is not None or args.restore or args.incoming:
         return
     if args.initrd is not None:
         raise ConfigError("--initrd needs --kernel")
@@ -195,6 +197,12 @@ def _collect(args: argparse.Namespace, plan: _Plan) -> None:
             plan.bind(p)
     disks = [vc.parse_disk(d) for d in args.disk]
     kernel, initrd = args.kernel, args.initrd
+    if args.incoming:
+        from kvmkit.cli.run_isolated_incoming import accept
+        cfg = accept(args)                           # the stream's machine, its source waiting
+        kernel, initrd = str(cfg.kernel), str(cfg.initrd) if cfg.initrd else None
+        disks = list(cfg.virtio.disks) if cfg.virtio else []
+        _nets_of(args, cfg)
     if args.restore:
         from kvmkit.cli.run import _restore_spec, check_restore_options
         from kvmkit.vmm.snapshot import Snapshot
@@ -206,13 +214,7 @@ def _collect(args: argparse.Namespace, plan: _Plan) -> None:
         cfg = snap.config()
         kernel, initrd = str(cfg.kernel), str(cfg.initrd) if cfg.initrd else None
         disks = list(cfg.virtio.disks) if cfg.virtio else []
-        if cfg.virtio and cfg.virtio.nets:
-            if any(n.tap is None for n in cfg.virtio.nets):
-                raise ConfigError("--isolation on: this snapshot does not name its taps (it was made by an "
-                                  "older kvmkit from handed-over descriptors); restore it with --isolation off")
-            args.net = [",".join(f"{k}={v}" for k, v in (("tap", n.tap), ("mac", n.mac), ("bridge", n.bridge)) if v)
-                        for n in cfg.virtio.nets]             # opened out here, as for a boot
-            args.restore_nets = cfg.virtio.nets
+        _nets_of(args, cfg)
     for path in (kernel, initrd):
         if path:
             plan.bind(path)
@@ -252,6 +254,19 @@ def _collect(args: argparse.Namespace, plan: _Plan) -> None:
         _touch(out)
         plan.bind(out, writable=True)
         plan.writable.append(out)
+
+
+def _nets_of(args: argparse.Namespace, cfg) -> None:
+    """A snapshot's or a stream's NICs: their taps are opened out here by
+    name (:func:`_open_taps`), as for a boot, and handed to the machine."""
+    if not (cfg.virtio and cfg.virtio.nets):
+        return
+    if any(n.tap is None for n in cfg.virtio.nets):
+        raise ConfigError("--isolation on: this machine's NICs do not name their taps (saved by an older kvmkit "
+                          "from handed-over descriptors); use --isolation off")
+    args.net = [",".join(f"{k}={v}" for k, v in (("tap", n.tap), ("mac", n.mac), ("bridge", n.bridge)) if v)
+                for n in cfg.virtio.nets]
+    args.restore_nets = cfg.virtio.nets
 
 
 def _chain(path: str) -> list[str]:
