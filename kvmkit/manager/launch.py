@@ -89,6 +89,14 @@ def restore_argv(d: DomainDef, rd: RunDir, state: Path, paused: bool) -> list[st
     return argv + (["--paused"] if paused else [])
 
 
+def incoming_argv(d: DomainDef, rd: RunDir, socket_name: str) -> list[str]:
+    """``kvmkit run --incoming unix:NAME`` for ``d`` (NAME in the run directory):
+    the machine comes from the migration stream, as from a saved state."""
+    return [sys.executable, "-m", "kvmkit.cli.main", "run", "--incoming", f"unix:{socket_name}",
+            "--qmp", f"unix:{rd.qmp_socket.name},server,wait=off", "--exit-file", rd.exit_file.name,
+            "--serial", _serial(d, rd), "--isolation", isolation_setting("on"), "--jail-bind", str(rd.save_area)]
+
+
 def tuning_args(t) -> list[str]:
     """<cputune>, <memtune>, <memoryBacking> as ``kvmkit run`` options."""
     from kvmkit.host.hugepages import hugetlbfs_mounts
