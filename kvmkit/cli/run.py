@@ -69,7 +69,8 @@ def add_parser(subparsers: Any) -> None:
                    help="wait for a migration stream and continue the VM it carries: tcp:HOST:PORT or "
                         "unix:PATH (listen for the source's QMP migrate), file:PATH (a stream saved with "
                         "migrate file:), exec:CMD (read the command's output). The machine comes from the "
-                        "stream, as with --restore; the QMP monitor opens once it has arrived")
+                        "stream, as with --restore; the QMP monitor opens once it has arrived. With --isolation on "
+                        "the supervisor listens and hands the stream over (fd:N); exec: is refused")
     p.add_argument("--isolation", choices=("on", "off"), default=None,
                    help="run the VMM jailed: own mount/PID/IPC/network namespaces, a directory holding only "
                         "its files, its own unprivileged uid, no capabilities, a seccomp allow-list (default: "
@@ -99,7 +100,7 @@ def _add_virtio_options(p: argparse.ArgumentParser) -> None:
                    help="[tap=NAME][,mac=52:54:00:..][,bridge=BR][,fd=N]: a virtio-net NIC on a tap (created if "
                         "no name; repeatable); bridge=BR makes the tap a port of host bridge BR (e.g. a "
                         "`kvmkit virsh net-start` network's) and brings it up; fd=N: an open tap descriptor, "
-                        "as a jail's supervisor hands over")
+                        "already set up by whoever hands it over (a jail's supervisor; tap= then names it)")
     g.add_argument("--console", metavar="virtio[,out=FILE]", dest="virtio_console",
                    help="a virtio console (hvc0)")
     g.add_argument("--rng", action="store_true", help="a virtio-rng device fed from the host's getrandom()")
