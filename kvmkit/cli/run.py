@@ -71,7 +71,8 @@ def add_parser(subparsers: Any) -> None:
                    help="wait for a migration stream and continue the VM it carries: tcp:HOST:PORT or "
                         "unix:PATH (listen for the source's QMP migrate), file:PATH (a stream saved with "
                         "migrate file:), exec:CMD (read the command's output). The machine comes from the "
-                        "stream, as with --restore; the QMP monitor opens once it has arrived")
+                        "stream, as with --restore; the QMP monitor opens once it has arrived. With --isolation on "
+                        "the supervisor listens and hands the stream over (fd:N); exec: is refused")
     p.add_argument("--isolation", choices=("on", "off"), default=None,
                    help="run the VMM jailed: own mount/PID/IPC/network namespaces, a directory holding only "
                         "its files, its own unprivileged uid, no capabilities, a seccomp allow-list (default: "
@@ -85,6 +86,11 @@ def add_parser(subparsers: Any) -> None:
                    help="boot kvmkit's fast guest for real: do not restore it from, or save it to, the "
                         "start cache (by default the first run saves the guest at its shell prompt under "
                         "~/.cache/kvmkit/snapshots and later runs restore it in milliseconds)")
+    p.add_argument("--jail-bind", action="append", default=[], metavar="DIR",
+                   help="with --isolation on: the existing directory DIR is bound writable into the jail at its "
+                        "own path and belongs to the VM's user while it runs, so QMP commands that write files "
+                        "(kvmkit-snapshot-save, kvmkit-savevm, migrate file:) can write there (repeatable; "
+                        "the manager binds each domain's save area); nothing without isolation")
     p.add_argument("--no-acpi", dest="acpi", action="store_false",
                    help="no ACPI tables or power-management ports (MP table only; "
                         "QMP system_powerdown then sends Ctrl-Alt-Del)")
@@ -109,7 +115,7 @@ def _add_virtio_options(p: argparse.ArgumentParser) -> None:
                    help="[tap=NAME][,mac=52:54:00:..][,bridge=BR][,fd=N]: a virtio-net NIC on a tap (created if "
                         "no name; repeatable); bridge=BR makes the tap a port of host bridge BR (e.g. a "
                         "`kvmkit virsh net-start` network's) and brings it up; fd=N: an open tap descriptor, "
-                        "as a jail's supervisor hands over")
+                        "already set up by whoever hands it over (a jail's supervisor; tap= then names it)")
     g.add_argument("--console", metavar="virtio[,out=FILE]", dest="virtio_console",
                    help="a virtio console (hvc0)")
     g.add_argument("--rng", action="store_true", help="a virtio-rng device fed from the host's getrandom()")
@@ -166,8 +172,14 @@ def _restored_machine(args: argparse.Namespace, serial):
                           resources=resource_spec(args), **({"name": args.name} if args.name else {}))
         print(f"kvmkit: clone of {path} in {m.clone_directory}", file=sys.stderr)
         return m
+    overrides = {}
+    nets = getattr(args, "restore_nets", None)       # jailed: the supervisor opened the snapshot's taps
+    if nets:
+        from dataclasses import replace
+        from kvmkit.vmm.snapshot import Snapshot
+        overrides["virtio"] = replace(Snapshot.open(path).config().virtio, nets=tuple(nets))
     return Machine.restore(path, shared_memory=shared, serial=serial, start_paused=args.paused,
-                           resources=resource_spec(args))
+                           resources=resource_spec(args), **overrides)
 
 
 def _incoming_machine(args: argparse.Namespace, serial):
@@ -175,9 +187,11 @@ def _incoming_machine(args: argparse.Namespace, serial):
     from kvmkit.vmm.migration.transport import Incoming, parse_uri
     check_restore_options(args, "--incoming", "migration stream")
     incoming = Incoming(parse_uri(args.incoming))
-    where = f"tcp port {incoming.port}" if incoming.port else args.incoming
-    print(f"kvmkit: waiting for an incoming migration on {where}", file=sys.stderr, flush=True)
-    arrival = receive(incoming, serial=serial, start_paused=args.paused)
+    if incoming.uri.scheme != "fd":              # fd: a jail's supervisor has waited (and said so)
+        where = f"tcp port {incoming.port}" if incoming.port else args.incoming
+        print(f"kvmkit: waiting for an incoming migration on {where}", file=sys.stderr, flush=True)
+    nets = getattr(args, "restore_nets", None)
+    arrival = receive(incoming, serial=serial, start_paused=args.paused, **({"nets": nets} if nets else {}))
     print(f"kvmkit: migration received ({arrival.pages * 4096 >> 20} MiB of RAM in "
           f"{arrival.seconds:.2f} s)", file=sys.stderr, flush=True)
     return arrival.machine
@@ -189,6 +203,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kvmkit.cli import run_isolated
 
     if (args.isolation or run_isolated.default_isolation()) == "on":
+        if args.clone is not None:
+            raise ConfigError("--clone with --isolation on is not supported yet (a clone makes its taps and "
+                              "overlays as it restores); use --isolation off")
+        args.fresh = True                        # the start cache lives outside any jail: boot for real
         args.isolation = "off"                   # the jailed VMM runs this function again, inside
         return run_isolated.run_isolated(args, cmd_run)
 

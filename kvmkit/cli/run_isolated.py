@@ -26,7 +26,10 @@ from typing import Callable
 
 import kvmkit
 from kvmkit.errors import ConfigError, KvmkitError
+from kvmkit.sizes import parse_size
 from kvmkit.host import ids, jail, jail_process
+from kvmkit.host.placement import ENV_PLACEMENT, PlacementServer
+from kvmkit.host.resources import release_own
 from kvmkit.host.seccomp_filter import AuditLog
 
 INNER_EXIT_FILE = "/run/kvmkit/exit.json"        # inside the jail; the supervisor writes the real one
@@ -72,8 +75,10 @@ def run_isolated(args: argparse.Namespace, run_inside: Callable[[argparse.Namesp
     _resolve_guest(args)
     plan = _Plan()
     _collect(args, plan)
+    resources = _resources(args)
     lease = ids.allocate()
     spec = None
+    placement = None
     try:
         spec = jail.JailSpec(root=jail.jail_dir() / str(lease.uid), uid=lease.uid, gid=lease.gid,
                              binds=tuple(plan.binds), owned_dirs=_owned_dirs(plan),
@@ -83,21 +88,72 @@ def run_isolated(args: argparse.Namespace, run_inside: Callable[[argparse.Namesp
         _give(plan, lease.uid, lease.gid)
         _link_sockets(spec, plan)
         exit_file, args.exit_file = args.exit_file, INNER_EXIT_FILE
-        spec = replace(spec, keep_fds=tuple(inherited | {lease.fd} | {t.fd for t in plan.taps}))
+        keep = inherited | {lease.fd} | {t.fd for t in plan.taps}
+        if args.incoming and args.incoming.startswith("fd:"):
+            keep.add(int(args.incoming[3:]))          # the source's stream, accepted out here
+        if resources is not None:
+            placement = _apply_outside(*resources)
+            keep |= set(placement.child_fds())
+        spec = replace(spec, keep_fds=tuple(keep))
         audit = AuditLog()
         try:
             child = jail_process.spawn(spec, lambda: run_inside(args))
             for t in plan.taps:
                 t.close()
-            status = _supervise(child, spec, exit_file, audit)
+            if placement is not None:
+                placement.forked()
+                os.environ.pop(ENV_PLACEMENT, None)
+            status = _supervise(child, spec, exit_file, audit, placement)
         finally:
             audit.close()
     finally:
         for t in plan.taps:
             t.close()
+        if placement is not None:
+            placement.close()
+            placement.resources.close()
+        release_own()              # a tree a manager made from outside (live schedinfo) while it ran
         _undo(plan, spec)
         lease.release()
     return status
+
+
+def _resources(args: argparse.Namespace):
+    """(ResourceSpec, VM name, vCPUs) when resource options were given,
+    checked against the VM out here; they are applied out here too
+    (:mod:`kvmkit.host.placement`), so the jailed VMM gets none of them."""
+    from kvmkit.cli import run_resources
+    from kvmkit.cli.run import DEFAULT_MEMORY
+    res = run_resources.resource_spec(args)
+    if res is None or args.incoming:
+        return None                        # --incoming: the machine (and its size) comes from the stream
+    if args.restore:
+        from kvmkit.vmm.snapshot import Snapshot
+        cfg = Snapshot.open(_restore_dir(args)).config()
+        vcpus, memory, name = cfg.cpus, cfg.memory, args.name or cfg.name
+    else:
+        vcpus, name = args.cpus, args.name
+        memory = parse_size(args.memory or DEFAULT_MEMORY, default_unit="M", what="memory size")
+    res.validate(vcpus, memory)
+    for opt in run_resources.OPTIONS:
+        setattr(args, opt, [] if isinstance(getattr(args, opt), list) else None)
+    return res, name or "vm", vcpus
+
+
+def _restore_dir(args: argparse.Namespace) -> str:
+    from kvmkit.cli.run import _restore_spec
+    return _restore_spec(args.restore)[0]
+
+
+def _apply_outside(res, name: str, vcpus: int) -> PlacementServer:
+    """The VM's cgroup tree, limits and emulator pinning, with this
+    process in it: the jail forked from here starts inside (this process
+    stays there, idle, as the VMM's part: a manager finds the tree from its
+    pid).  vCPU threads are placed as they ask (:class:`PlacementServer`)."""
+    from kvmkit.host.resources import VmResources
+    server = PlacementServer(VmResources.apply(res, name, vcpus))
+    os.environ[ENV_PLACEMENT] = server.env
+    return server
 
 
 def _open_fds() -> set[int]:
@@ -115,7 +171,7 @@ def _open_fds() -> set[int]:
 
 def _resolve_guest(args: argparse.Namespace) -> None:
     """No --kernel: the fast guest's files, found (or built) out here."""
-    if args.kernel is not None or args.restore:
+    if args.kernel is not None or args.restore or args.incoming:
         return
     if args.initrd is not None:
         raise ConfigError("--initrd needs --kernel")
@@ -141,6 +197,12 @@ def _collect(args: argparse.Namespace, plan: _Plan) -> None:
             plan.bind(p)
     disks = [vc.parse_disk(d) for d in args.disk]
     kernel, initrd = args.kernel, args.initrd
+    if args.incoming:
+        from kvmkit.cli.run_isolated_incoming import accept
+        cfg = accept(args)                           # the stream's machine, its source waiting
+        kernel, initrd = str(cfg.kernel), str(cfg.initrd) if cfg.initrd else None
+        disks = list(cfg.virtio.disks) if cfg.virtio else []
+        _nets_of(args, cfg)
     if args.restore:
         from kvmkit.cli.run import _restore_spec, check_restore_options
         from kvmkit.vmm.snapshot import Snapshot
@@ -152,9 +214,7 @@ def _collect(args: argparse.Namespace, plan: _Plan) -> None:
         cfg = snap.config()
         kernel, initrd = str(cfg.kernel), str(cfg.initrd) if cfg.initrd else None
         disks = list(cfg.virtio.disks) if cfg.virtio else []
-        if cfg.virtio and cfg.virtio.nets:
-            raise ConfigError("--isolation on: restoring a snapshot with NICs is not supported yet "
-                              "(the taps are the snapshot's); use --isolation off")
+        _nets_of(args, cfg)
     for path in (kernel, initrd):
         if path:
             plan.bind(path)
@@ -182,10 +242,31 @@ def _collect(args: argparse.Namespace, plan: _Plan) -> None:
             plan.outputs.append(os.path.abspath(out))
     if args.profile:
         plan.outputs.append(os.path.abspath(args.profile))
+    if args.mem_file:                            # guest RAM the host (or another process) maps too
+        from kvmkit.cli.run_resources import path_and_switch
+        plan.outputs.append(os.path.abspath(path_and_switch(args.mem_file, "--mem-file", "share", "a path")[0]))
+    for directory in args.jail_bind:
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--jail-bind {directory}: not a directory")
+        plan.bind(directory, writable=True)
+        plan.writable.append(os.path.abspath(directory))
     for out in plan.outputs:
         _touch(out)
         plan.bind(out, writable=True)
         plan.writable.append(out)
+
+
+def _nets_of(args: argparse.Namespace, cfg) -> None:
+    """A snapshot's or a stream's NICs: their taps are opened out here by
+    name (:func:`_open_taps`), as for a boot, and handed to the machine."""
+    if not (cfg.virtio and cfg.virtio.nets):
+        return
+    if any(n.tap is None for n in cfg.virtio.nets):
+        raise ConfigError("--isolation on: this machine's NICs do not name their taps (saved by an older kvmkit "
+                          "from handed-over descriptors); use --isolation off")
+    args.net = [",".join(f"{k}={v}" for k, v in (("tap", n.tap), ("mac", n.mac), ("bridge", n.bridge)) if v)
+                for n in cfg.virtio.nets]
+    args.restore_nets = cfg.virtio.nets
 
 
 def _chain(path: str) -> list[str]:
@@ -238,8 +319,14 @@ def _open_taps(args: argparse.Namespace, plan: _Plan) -> None:
         elif n.tap is None:
             tap.set_up()
         os.set_inheritable(tap.fd, True)
-        nets.append(f"fd={tap.fd}" + (f",mac={n.mac}" if n.mac else ""))
-    args.net = nets
+        nets.append(f"fd={tap.fd},tap={tap.name}" + (f",mac={n.mac}" if n.mac else "")
+                    + (f",bridge={n.bridge}" if n.bridge else ""))     # named: a snapshot records them
+    if getattr(args, "restore_nets", None):   # a restore takes its machine from the snapshot: its NICs get the fds
+        from dataclasses import replace as _replace
+        args.restore_nets = tuple(_replace(n, fd=t.fd) for n, t in zip(args.restore_nets, plan.taps))
+        args.net = []
+    else:
+        args.net = nets
 
 
 def _give(plan: _Plan, uid: int, gid: int) -> None:
@@ -266,10 +353,12 @@ def _link_sockets(spec: jail.JailSpec, plan: _Plan) -> None:
 
 
 def _supervise(child: jail_process.JailedProcess, spec: jail.JailSpec, exit_file: str | None,
-               audit: AuditLog) -> int:
+               audit: AuditLog, placement: PlacementServer | None = None) -> int:
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, lambda sig, _frame: child.signal(sig))
     signal.signal(signal.SIGINT, signal.SIG_IGN)         # the terminal sends Ctrl-C to the VMM too
+    if placement is not None:
+        placement.serve(os.getpid(), child.status_fd)
     code, sig = child.wait()
     record = None
     if sig is not None:

@@ -429,11 +429,12 @@ class VmCgroup:
 
     @classmethod
     def of_process(cls, pid: int) -> "VmCgroup | None":
-        """The tree a running VMM made for itself (found from ``/proc/PID/cgroup``)."""
+        """The tree a running VMM is in (found from ``/proc/PID/cgroup``): the
+        one it made for itself, or its jail's supervisor made for it."""
         host = discover(pid)
         self = None
         for h in host.hierarchies:
-            m = re.match(rf"(.*/{PREFIX}{pid}-[^/]*)", h.current)
+            m = re.match(rf"(.*/{PREFIX}\d+-[^/]*)", h.current)    # a jailed VMM's is its supervisor's
             if m is None:
                 continue
             vm = h.mount / m.group(1).lstrip("/")

@@ -41,6 +41,11 @@ class JailedProcess:
         except ProcessLookupError:
             pass
 
+    @property
+    def status_fd(self) -> int:
+        """Readable once the VMM has ended (its end is sent, or init died)."""
+        return self._status_fd
+
     def wait(self) -> tuple[int | None, int | None]:
         """(exit status, None) or (None, signal) for the VMM, once it has ended."""
         with os.fdopen(self._status_fd, "rb") as f:
@@ -146,3 +151,62 @@ def _forward(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+# --- seen from outside: a jail's processes and threads by their host ids -------------------
+def _children(pid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(name))
+    return out
+
+
+def vmm_pid(pid: int) -> int:
+    """The host pid of the VMM that supervisor ``pid`` runs in a jail (the
+    child of the jail's init), or ``pid`` itself when it is not a jail's
+    supervisor (an unjailed VMM).  A manager holds the supervisor's pid."""
+    try:
+        ns = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return pid
+    for init in _children(pid):
+        try:
+            if os.readlink(f"/proc/{init}/ns/pid") == ns:
+                continue
+        except OSError:
+            continue
+        kids = _children(init)
+        if kids:
+            return kids[0]
+    return pid
+
+
+def host_tids(pid: int, tids: list[int]) -> list[int]:
+    """Thread ids as the VMM reports them (QMP ``query-cpus-fast``: ids in
+    its own PID namespace when jailed) → the host's ids, for affinity and
+    cgroups.  ``pid`` is the supervisor's or the VMM's; unjailed, the ids
+    are the host's already."""
+    vmm = vmm_pid(pid)
+    by_ns: dict[int, int] = {}
+    try:
+        tasks = os.listdir(f"/proc/{vmm}/task")
+    except OSError:
+        return tids
+    for t in tasks:
+        try:
+            with open(f"/proc/{vmm}/task/{t}/status") as f:
+                line = next((ln for ln in f if ln.startswith("NSpid:")), "")
+        except OSError:
+            continue
+        ids = line.split()[1:]
+        if len(ids) < 2:
+            return tids                              # not in a PID namespace of its own
+        by_ns[int(ids[-1])] = int(t)
+    return [by_ns.get(t, vmm) for t in tids]       # unknown: the main thread's ("not started yet")

@@ -50,6 +50,7 @@ def vmm_argv(d: DomainDef, rd: RunDir, live: LiveValues) -> list[str]:
             "--exit-file", rd.exit_file.name, "--reboot", "reset" if d.on_reboot == "restart" else "exit",
             "--serial", _serial(d, rd)]
     argv += ["--isolation", isolation_setting("on")]      # each VMM jailed (KVMKIT_ISOLATION=off to debug)
+    argv += ["--jail-bind", str(rd.save_area)]             # saves and snapshots of the running VM go there
     if d.initrd:
         argv += ["--initrd", d.initrd]
     if d.cmdline is not None:
@@ -84,8 +85,16 @@ def restore_argv(d: DomainDef, rd: RunDir, state: Path, paused: bool) -> list[st
     _no_comma(str(state))
     argv = [sys.executable, "-m", "kvmkit.cli.main", "run", "--restore", str(state),
             "--qmp", f"unix:{rd.qmp_socket.name},server,wait=off", "--exit-file", rd.exit_file.name,
-            "--serial", _serial(d, rd)]
+            "--serial", _serial(d, rd), "--isolation", isolation_setting("on"), "--jail-bind", str(rd.save_area)]
     return argv + (["--paused"] if paused else [])
+
+
+def incoming_argv(d: DomainDef, rd: RunDir, socket_name: str) -> list[str]:
+    """``kvmkit run --incoming unix:NAME`` for ``d`` (NAME in the run directory):
+    the machine comes from the migration stream, as from a saved state."""
+    return [sys.executable, "-m", "kvmkit.cli.main", "run", "--incoming", f"unix:{socket_name}",
+            "--qmp", f"unix:{rd.qmp_socket.name},server,wait=off", "--exit-file", rd.exit_file.name,
+            "--serial", _serial(d, rd), "--isolation", isolation_setting("on"), "--jail-bind", str(rd.save_area)]
 
 
 def tuning_args(t) -> list[str]:

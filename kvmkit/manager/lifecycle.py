@@ -20,7 +20,7 @@ from kvmkit.manager import files
 from kvmkit.manager.domain import DomainDef
 from kvmkit.manager.domain_xml import domain_xml
 from kvmkit.manager.errors import OperationFailed, OperationInvalid, StorageError
-from kvmkit.manager.launch import LiveValues, claim, restore_argv, spawn, vmm_argv, wait_ready
+from kvmkit.manager.launch import LiveValues, claim, incoming_argv, restore_argv, spawn, vmm_argv, wait_ready
 from kvmkit.manager.locks import locked
 from kvmkit.manager.rundir import RunDir
 from kvmkit.manager.statedir import StateDir
@@ -54,7 +54,7 @@ def next_domain_id(sd: StateDir) -> int:
 
 
 def start(sd: StateDir, d: DomainDef, persistent: bool, restore: "SavedState | None" = None,
-          reason: str = "booted", paused: bool = False) -> int:
+          reason: str = "booted", paused: bool = False, incoming=None) -> int:
     """Start ``d``'s VMM (caller holds the domain lock); returns the domain id.
     With ``restore``, the VMM continues from that saved state instead of
     booting (``reason`` then says why: restored, from snapshot, migrated;
@@ -66,8 +66,14 @@ def start(sd: StateDir, d: DomainDef, persistent: bool, restore: "SavedState | N
     lock_fd = claim(rd)
     try:
         rd.clear()
+        rd.save_area.mkdir(mode=0o700)
         ident = next_domain_id(sd)
-        if restore is None:
+        if incoming is not None:        # live migration: the machine (CID, taps) arrives from the source
+            saved = incoming.live
+            live = LiveValues(ident, saved.vsock.cid if saved.vsock else None,
+                              tuple(i.target for i in saved.interfaces), bridges)
+            argv = incoming_argv(d, rd, incoming.socket_name)
+        elif restore is None:
             live = LiveValues(ident, _vsock_cid(d, ident),
                               tuple(_tap_name(d, ident, i) for i in range(len(d.interfaces))), bridges)
             argv = vmm_argv(d, rd, live) + (["--paused"] if paused else [])
@@ -84,13 +90,15 @@ def start(sd: StateDir, d: DomainDef, persistent: bool, restore: "SavedState | N
     finally:
         os.close(lock_fd)
     try:
+        if incoming is not None:
+            incoming.transfer(rd, log)         # the source sends itself; its monitor opens after
         wait_ready(rd, pid, log)
-    except OperationFailed:
+    except BaseException:
         rd.update_status(failed=True)
         _kill(rd, pid)
         raise
     rd.update_status(phase="running")
-    _after_start(d, rd, live, restored=restore is not None)
+    _after_start(d, rd, live, restored=restore is not None or incoming is not None)
     return ident
 
 

@@ -5,29 +5,36 @@ plain path; the same machine, or a directory another machine shares).  The
 disks stay where they are: as with libvirt without ``--copy-storage``, both
 sides must see the same image paths.
 
-How the state moves is one function, :data:`TRANSFER`.  Today it is
-:func:`via_saved_state`: the source pauses, saves its state into the
-destination's ``save/`` directory, quits; the destination starts from that
-state (downtime = save + restore, RAM written once and mapped back).  Live
-migration replaces exactly this function once the VMM has it (the
-migration branch): start the destination VMM with ``kvmkit run --incoming
-unix:PATH`` (or ``tcp:HOST:PORT``), send QMP ``migrate {"uri": ...}`` to
-the source, wait for ``query-migrate`` to say ``completed``, then
-:func:`vmstate.quit_vmm` the source with ``migrate`` — the bookkeeping
-around it (locks, persistence, undefining the source) stays as it is.
+How the state moves is one function, :data:`TRANSFER`: :func:`live`, QEMU's
+live migration.  The destination's Host starts a VMM with ``kvmkit run
+--incoming unix:incoming.sock`` (in its run directory; jailed, its
+supervisor listens and hands the stream over), the source gets QMP
+``migrate`` and pre-copies while the guest runs, stops for the last dirty
+pages and the device state (the downtime, in the destination's log), and
+ends in ``postmigrate``; then it is quit.  A jailed source sees no host
+path but its own save area, so the destination's socket is hard-linked
+into it; where the two state directories are on different file systems
+(no hard link) the move falls back to :func:`via_saved_state` (pause, save
+into the destination's ``save/``, quit, restore there).  Either way the
+bookkeeping around it (locks, persistence, undefining the source) is the
+same.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmkit.manager import lifecycle, vmstate
+from kvmkit.manager import launch, lifecycle, vmstate
+from kvmkit.manager.domain_parse import parse_domain
 from kvmkit.manager.domain import DomainDef
 from kvmkit.manager.errors import OperationFailed, OperationInvalid
 from kvmkit.manager.locks import locked
+from kvmkit.manager.rundir import RunDir
+from kvmkit.manager.vmmlink import qmp
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,7 @@ def destination(uri: str) -> Path:
         if "://" in uri:
             raise OperationInvalid(f"cannot migrate to '{uri}': kvmkit migrates to another kvmkit state "
                                    "directory (kvmkit://DIR or a path); network URIs need live migration, "
-                                   "which the VMM does not have yet")
+                                   "which the manager does only between state directories")
     if not uri:
         raise OperationInvalid("the destination URI names no state directory")
     return Path(uri)
@@ -75,7 +82,88 @@ def via_saved_state(move: Move) -> None:
     vmstate.remove_tree(staging)                # both VMMs done with it: the new one maps its memory
 
 
-TRANSFER: Callable[[Move], None] = via_saved_state
+INCOMING_SOCKET = "incoming.sock"
+MIGRATE_TIMEOUT = 600.0
+
+
+@dataclass
+class _LiveIncoming:
+    """What :func:`lifecycle.start` needs to start a migration's destination."""
+
+    live: DomainDef                # the source's live definition (vsock CID, tap names)
+    source: RunDir
+    socket_name: str = INCOMING_SOCKET
+    summary: str = ""
+
+    def transfer(self, rd: RunDir, log: Path) -> None:
+        """The destination VMM is starting in ``rd``: once it listens, make
+        the source send itself, and wait until it has."""
+        sock = rd.path / self.socket_name
+        deadline = time.monotonic() + launch.START_TIMEOUT
+        while not sock.exists():
+            if not rd.alive():
+                raise OperationFailed(f"the destination VMM exited while starting: {launch.log_tail(log)}")
+            if time.monotonic() > deadline:
+                raise OperationFailed("the destination VMM did not listen for the migration")
+            time.sleep(0.02)
+        link = self.source.save_area / "migrate.sock"     # inside the source's jail too
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        os.link(sock, link)
+        try:
+            owner = self.source.save_area.stat()
+            os.chown(link, owner.st_uid, owner.st_gid)      # a jailed source connects as its VM user
+            qmp(self.source.qmp_socket, "migrate", {"uri": f"unix:{link.parent.name}/{link.name}"})
+            info = self._wait()
+        finally:
+            try:
+                link.unlink()
+            except OSError:
+                pass
+        ram = info.get("ram", {})
+        self.summary = (f"migrated live: {ram.get('transferred', 0) >> 20} MiB in {info.get('total-time', 0)} ms, "
+                        f"downtime {info.get('downtime', 0)} ms")
+        with open(log, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {self.summary}\n")
+
+    def _wait(self) -> dict:
+        deadline = time.monotonic() + MIGRATE_TIMEOUT
+        while True:
+            info = qmp(self.source.qmp_socket, "query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                return info
+            if status in ("failed", "cancelled"):
+                raise OperationFailed(f"the migration {status} (the domain runs on the source): "
+                                      f"{info.get('error-desc', 'no reason given')}")
+            if time.monotonic() > deadline:
+                qmp(self.source.qmp_socket, "migrate_cancel")
+                raise OperationFailed(f"the migration did not complete in {MIGRATE_TIMEOUT:g} s (cancelled)")
+            time.sleep(0.02)
+
+
+def _same_file_system(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+def live(move: Move) -> None:
+    """Live migration (see the module docstring); save → restore where a
+    hard link cannot reach a jailed source."""
+    src = move.source._rd(move.name)
+    dest_run = move.dest.sd.run_dir(move.name)
+    dest_run.mkdir(parents=True, exist_ok=True)
+    if not src.save_area.is_dir() or not _same_file_system(src.save_area, dest_run):
+        return via_saved_state(move)
+    live_def = parse_domain(src.live_xml.read_text(), str(src.live_xml))
+    incoming = _LiveIncoming(live_def, src)
+    lifecycle.start(move.dest.sd, move.definition, persistent=False, reason="migrated", incoming=incoming)
+    vmstate.quit_vmm(src, "migrate")
+
+
+TRANSFER: Callable[[Move], None] = live
 
 
 def migrate(host, name: str, uri: str, persistent: bool, undefine_source: bool):

@@ -18,6 +18,7 @@ from typing import Any
 from kvmkit.errors import ConfigError, KvmkitError
 from kvmkit.host import affinity, ksm
 from kvmkit.host.cgroups import VmCgroup
+from kvmkit.host.jail_process import host_tids, vmm_pid
 from kvmkit.manager import files
 from kvmkit.manager.domain_xml import domain_xml
 from kvmkit.manager.errors import OperationFailed, OperationInvalid, XmlError
@@ -55,24 +56,29 @@ class ResourceCommands:
         pid = rd.pid(wait=2.0)
         if pid is None:
             raise OperationFailed("the VMM's pid is unknown")
-        return info, rd, pid
+        return info, rd, vmm_pid(pid)             # jailed: the VMM, not its supervisor
 
     def _vcpu_tids(self, rd, pid: int) -> list[int]:
         cpus = qmp(rd.qmp_socket, "query-cpus-fast")
-        tids = [int(c["thread-id"]) for c in sorted(cpus, key=lambda c: c["cpu-index"])]
-        if any(t == pid for t in tids):
+        tids = host_tids(pid, [int(c["thread-id"]) for c in sorted(cpus, key=lambda c: c["cpu-index"])])
+        if any(t == vmm_pid(pid) for t in tids):
             raise OperationFailed("the VMM's vCPU threads have not started yet")
         return tids
 
     def _cgroup(self, info, rd, pid: int, controllers: set[str]) -> VmCgroup:
         tids = self._vcpu_tids(rd, pid)
+        owner = rd.pid() or pid            # a jail's supervisor: in the tree too, and removes it at the end
         cg = VmCgroup.of_process(pid)
         if cg is None:
-            cg = VmCgroup.create(info.name, len(tids), controllers, pid=pid)
+            cg = VmCgroup.create(info.name, len(tids), controllers, pid=owner)
+            if owner != pid:
+                cg.place_process(pid)
             for i, tid in enumerate(tids):
                 cg.place_vcpu(i, tid)
         else:
             cg.ensure(controllers, pid, tids)
+            if owner != pid:
+                cg.place_process(owner)
         return cg
 
     def _save_tuning(self, info, live: bool, config: bool, change) -> None:
@@ -136,10 +142,11 @@ class ResourceCommands:
         if live:
             _, rd, pid = self._vmm(name)
             vcpus = set(self._vcpu_tids(rd, pid))
-            for tid in map(int, os.listdir(f"/proc/{pid}/task")):
-                if tid in vcpus or _comm(pid, tid).startswith("kvm"):
-                    continue                   # vCPUs keep their pins; KVM's kernel workers are the kernel's
-                affinity.set_affinity(tid, cpus)
+            for p in {pid, rd.pid() or pid}:   # jailed: the supervisor is the VMM's part too
+                for tid in map(int, os.listdir(f"/proc/{p}/task")):
+                    if tid in vcpus or _comm(p, tid).startswith("kvm"):
+                        continue               # vCPUs keep their pins; KVM's kernel workers are the kernel's
+                    affinity.set_affinity(tid, cpus)
         self._save_tuning(info, live, config, lambda t: t.replace(emulatorpin=cpulist))
 
     # --- CPU scheduling ---------------------------------------------------------------

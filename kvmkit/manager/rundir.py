@@ -12,6 +12,7 @@ without saying why was killed, and the domain is shut off (crashed).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,13 @@ class RunDir:
         return self.path / "exit.json"
 
     @property
+    def save_area(self) -> Path:
+        """Where the VMM writes a saved state before the manager moves it to
+        its place: bound writable into a jailed VMM's jail (``--jail-bind``),
+        the only host directory it may write besides its disks."""
+        return self.path / "saves"
+
+    @property
     def qmp_socket(self) -> Path:
         return self.path / "qmp.sock"
 
@@ -75,7 +83,11 @@ class RunDir:
         """Forget the last run (its VMM is dead); the lock files stay."""
         keep = {self.vmm_lock.name, self.console_lock.name}
         for entry in os.scandir(self.path):
-            if entry.name not in keep:
+            if entry.name in keep:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
                 os.unlink(entry.path)
 
     def alive(self) -> bool:

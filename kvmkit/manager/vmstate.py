@@ -20,6 +20,7 @@ and a restore reopens them (the VMM quits after a save, flushing them).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -115,9 +116,13 @@ def save(rd: RunDir, target: Path, paused: bool, disk_snapshot: str | None = Non
         raise OperationInvalid(f"'{target}' already exists: a saved state is a new directory")
     if not target.parent.is_dir():
         raise StorageError(f"cannot save to '{target}': {target.parent} is not a directory")
-    tmp = temporary_name(target)
+    area = rd.save_area if rd.save_area.is_dir() else target.parent   # a jailed VMM writes only there
+    tmp = area / temporary_name(target).name
     try:
         tmp.mkdir(mode=0o700)
+        if area == rd.save_area:
+            st = area.stat()
+            os.chown(tmp, st.st_uid, st.st_gid)       # the jailed VMM's, while it runs
     except OSError as e:
         raise StorageError(f"cannot save to '{target}': {e.strerror}") from None
     try:
@@ -125,16 +130,46 @@ def save(rd: RunDir, target: Path, paused: bool, disk_snapshot: str | None = Non
             qmp(rd.qmp_socket, "kvmkit-savevm", {"path": str(tmp), "name": disk_snapshot}, timeout=SAVE_TIMEOUT)
         else:
             qmp(rd.qmp_socket, "kvmkit-snapshot-save", {"path": str(tmp)}, timeout=SAVE_TIMEOUT)
+        _own(tmp)
         files.atomic_write(tmp / DOMAIN_FILE, rd.live_xml.read_text())
         files.write_json(tmp / INFO_FILE, {"paused": paused, "saved": time.time()})
         for name in STATE_FILES:
             files.fsync_path(tmp / name)
-        os.rename(tmp, target)
+        _move_into_place(tmp, target)
         files.fsync_dir(target.parent)
     except BaseException:
         remove_tree(tmp)
         raise
     return target
+
+
+def _own(tree: Path) -> None:
+    """What a jailed VMM wrote belongs to its uid, which the next VM may get: the manager's now."""
+    uid, gid = os.getuid(), os.getgid()
+    for path in [tree, *tree.rglob("*")]:
+        if path.lstat().st_uid != uid:
+            os.lchown(path, uid, gid)
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename; a target on another file system (``virsh save /elsewhere``) gets a copy under a
+    temporary name first, so ``target`` is complete or absent."""
+    try:
+        os.rename(tmp, target)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise StorageError(f"cannot save to '{target}': {e.strerror}") from None
+    copy = temporary_name(target)
+    try:
+        shutil.copytree(tmp, copy)
+        for name in STATE_FILES:
+            files.fsync_path(copy / name)
+        os.rename(copy, target)
+    except OSError as e:
+        remove_tree(copy)
+        raise StorageError(f"cannot save to '{target}': {e.strerror}") from None
+    remove_tree(tmp)
 
 
 def temporary_name(target: Path) -> Path:

@@ -116,6 +116,9 @@ class Machine:
         if cfg.resources is not None and not cfg.resources.empty:
             from kvmkit.host.resources import VmResources
             self.resources = VmResources.apply(cfg.resources, cfg.name or "vm", cfg.cpus)
+        else:
+            from kvmkit.host.placement import RemotePlacement
+            self.resources = RemotePlacement.from_env()     # jailed: the supervisor applies them
         self.vm = vm = self.kvm.create_vm()
         vm.set_tss_addr(layout.TSS_ADDR)
         vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)

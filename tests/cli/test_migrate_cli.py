@@ -81,12 +81,15 @@ def procs():
         p.wait(10)
 
 
-def test_two_processes_over_tcp_with_qemu_qmp(tiny_guest, tmp_path, procs):
+@pytest.mark.parametrize("scheme, isolation", [("tcp", "off"), ("tcp", "on"), ("unix", "on")])
+def test_two_processes_with_qemu_qmp(tiny_guest, tmp_path, procs, scheme, isolation):
+    """Jailed, the destination's supervisor listens (a jailed VMM's network namespace is empty) and
+    hands the accepted stream over."""
     src_qmp, dst_qmp = tmp_path / "src.qmp", tmp_path / "dst.qmp"
-    port = free_port()
+    uri = f"tcp:127.0.0.1:{free_port()}" if scheme == "tcp" else f"unix:{tmp_path / 'in.sock'}"
     src = spawn("--kernel", str(tiny_guest("memwriter")), "-m", "64M", "--qmp", f"unix:{src_qmp},server,wait=off")
-    dst = spawn("--incoming", f"tcp:127.0.0.1:{port}", "--qmp", f"unix:{dst_qmp},server,wait=off",
-                "--exit-file", str(tmp_path / "exit.json"))
+    dst = spawn("--incoming", uri, "--qmp", f"unix:{dst_qmp},server,wait=off",
+                "--exit-file", str(tmp_path / "exit.json"), "--isolation", isolation)
     procs += [src, dst]
     wait_for(src_qmp, src)
 
@@ -95,7 +98,11 @@ def test_two_processes_over_tcp_with_qemu_qmp(tiny_guest, tmp_path, procs):
         start = await r8(qmp)
         await qmp.execute("migrate-set-parameters", {"downtime-limit": 100, "max-bandwidth": 1 << 30})
         assert (await qmp.execute("query-migrate-parameters"))["downtime-limit"] == 100
-        await qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+        for _ in range(200):                       # the destination listens a moment after it starts
+            if scheme == "unix" and (tmp_path / "in.sock").exists() or scheme == "tcp" and _listening(uri):
+                break
+            await asyncio.sleep(0.05)
+        await qmp.execute("migrate", {"uri": uri})
         await event(qmp, "MIGRATION", "completed")
         info = await qmp.execute("query-migrate")
         assert (await qmp.execute("query-status"))["status"] == "postmigrate"
@@ -123,6 +130,11 @@ def test_two_processes_over_tcp_with_qemu_qmp(tiny_guest, tmp_path, procs):
     assert '"status": 0' in (tmp_path / "exit.json").read_text()
     kvmkit("qmp", str(src_qmp), "quit")
     assert src.wait(20) == 0
+
+
+def _listening(uri: str) -> bool:
+    port = int(uri.rsplit(":", 1)[1])
+    return any(f":{port:04X} 00000000:0000 0A" in line for line in open("/proc/net/tcp"))
 
 
 def test_kvmkit_migrate_cli_and_a_killed_destination(tiny_guest, tmp_path, procs):
@@ -173,6 +185,7 @@ def test_kvmkit_migrate_cli_and_a_killed_destination(tiny_guest, tmp_path, procs
     (["run", "--incoming", "file:/etc/hostname"], "not a kvmkit migration stream"),
     (["run", "--incoming", "unix:/tmp/x", "--memory", "1G"], "--memory cannot be given"),
     (["run", "--incoming", "unix:/tmp/x", "--restore", "/tmp"], "give one"),
+    (["run", "--isolation", "on", "--incoming", "exec:cat /dev/null"], "would run a command inside the jail"),
     (["migrate", "--qmp", "/nonexistent.sock", "ftp:x"], "expected file:PATH"),
     (["migrate", "--qmp", "/nonexistent.sock", "unix:/tmp/x"], ""),
 ])

@@ -45,7 +45,7 @@ def build_devices(ctx: DeviceContext, specs: VirtioSpecs) -> list[VirtioDevice]:
                                        werror=d.werror, rerror=d.rerror, on_error=ctx.block_error))
         for i, n in enumerate(specs.nets):
             tap = Tap.open(n.tap) if n.fd is None else Tap.adopt(n.fd)
-            if (n.tap is None and n.fd is None) or n.bridge:
+            if n.fd is None and (n.tap is None or n.bridge):   # a handed-over tap is set up by its owner
                 try:
                     tap.join_bridge(n.bridge) if n.bridge else tap.set_up()
                 except BaseException:

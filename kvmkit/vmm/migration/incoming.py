@@ -70,7 +70,10 @@ def receive(incoming: Incoming, **overrides: Any) -> Arrival:
         rec = reader.decode(reader.expect(st.CONFIG))
         check_shape(rec, where)
         user_paused = bool(overrides.pop("start_paused", False))
+        nets = overrides.pop("nets", None)          # taps a jail's supervisor opened for the stream's NICs
         config = config_from_record(rec["config"], rec["host-compat"], **overrides)
+        if nets:
+            config = dataclasses.replace(config, virtio=dataclasses.replace(config.virtio, nets=tuple(nets)))
         machine = Machine(config, compat=hostcompat.resolve(config.host_compat), incoming=True)
         mem = machine.memory
         pages = 0

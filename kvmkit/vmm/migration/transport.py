@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from kvmkit.errors import ConfigError
 
-SCHEMES = ("file", "exec", "unix", "tcp")
+SCHEMES = ("file", "exec", "unix", "tcp", "fd")    # fd:N: --incoming only, a stream handed over (QEMU's too)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ def parse_uri(text: str) -> Uri:
         raise ConfigError(f"migration URI {text!r}: expected file:PATH, exec:CMD, unix:PATH or tcp:HOST:PORT")
     if not target:
         raise ConfigError(f"migration URI {text!r}: nothing after '{scheme}:'")
+    if scheme == "fd" and not target.isdigit():
+        raise ConfigError(f"migration URI {text!r}: expected fd:N, an open descriptor")
     if scheme != "tcp":
         return Uri(scheme, target)
     host, sep, port = target.rpartition(":")
@@ -63,6 +66,8 @@ class Outgoing:
         self._file: BinaryIO | None = None
         self._proc: subprocess.Popen | None = None
         self.finished = False
+        if uri.scheme == "fd":
+            raise ConfigError(f"migration URI {uri}: fd: is only for --incoming")
         try:
             if uri.scheme == "file":
                 self._file = open(uri.target, "wb")
@@ -220,6 +225,12 @@ class Incoming:
                 self._listener.listen(1)
             elif uri.scheme == "file":
                 self._file = open(uri.target, "rb")
+            elif uri.scheme == "fd":              # a jail's supervisor accepted (or opened) it
+                fd = int(uri.target)
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    self._conn = socket.socket(fileno=fd)
+                else:
+                    self._file = os.fdopen(fd, "rb")
         except OSError as exc:
             self.close()
             raise ConfigError(f"--incoming {uri}: {exc.strerror or exc}") from None
@@ -236,6 +247,8 @@ class Incoming:
             self._conn, _ = self._listener.accept()
             self._listener.close()
             self._listener = None
+            self._file = self._conn.makefile("rb", buffering=1 << 20)
+        elif self._conn is not None:
             self._file = self._conn.makefile("rb", buffering=1 << 20)
         elif self.uri.scheme == "exec":
             self._proc = subprocess.Popen(["/bin/sh", "-c", self.uri.target], stdout=subprocess.PIPE)
