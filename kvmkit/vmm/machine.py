@@ -158,7 +158,9 @@ class Machine:
         if cfg.virtio is not None:
             from kvmkit.devices.virtio.attach import attach_virtio
             from kvmkit.vmm.disklock import DiskLocks
-            self._disk_locks = DiskLocks(d.path for d in cfg.virtio.disks if not d.readonly)
+            # An incoming machine takes its disks' locks once the stream has
+            # ended (the source, on shared storage, holds them until then).
+            self._disk_locks = None if self._incoming else DiskLocks(self._writable_disks())
             self.virtio_devices = attach_virtio(self.device_context, cfg.virtio)
         self.syscall_trap: SyscallTrap | None = None
         if self.compat.syscall_trap:
@@ -526,9 +528,29 @@ class Machine:
         self._set_state(RunState.PAUSED)
         self._emit("STOP")
 
+    def _writable_disks(self) -> list[str]:
+        virtio = self.config.virtio
+        return [d.path for d in virtio.disks if not d.readonly] if virtio is not None else []
+
+    def release_disk_locks(self) -> None:
+        """Give up the one-writer locks on this machine's disks: a migration
+        hands them to the destination as the source stops for good."""
+        if getattr(self, "_disk_locks", None) is not None:
+            self._disk_locks.release()
+            self._disk_locks = None
+
+    def take_disk_locks(self) -> None:
+        """Take (again) the one-writer locks; raises ConfigError naming a disk
+        another running VM holds (e.g. the destination of a migration)."""
+        from kvmkit.vmm.disklock import DiskLocks
+        if getattr(self, "_disk_locks", None) is None:
+            self._disk_locks = DiskLocks(self._writable_disks())
+
     def resume(self) -> None:
         if self._state not in (RunState.PAUSED, RunState.POSTMIGRATE):
             return
+        if self._state == RunState.POSTMIGRATE:
+            self.take_disk_locks()             # refused while the migrated copy runs on these disks
         if self._paused_clock is not None:
             self.vm.set_clock(self._paused_clock)
             self._paused_clock = None
@@ -791,8 +813,7 @@ class Machine:
         self._teardown()
 
     def _teardown(self) -> None:
-        if getattr(self, "_disk_locks", None) is not None:
-            self._disk_locks.release()
+        self.release_disk_locks()
         for d in getattr(self, "virtio_devices", []):
             try:
                 d.close()

@@ -162,3 +162,33 @@ def test_two_vcpus_and_a_paused_source(tiny_guest, machine, tmp_path):
         wait_past(a.machine, saved)
     finally:
         a.machine.close()
+
+
+def test_the_disk_lock_moves_with_the_vm(tiny_guest, machine, tmp_path):
+    """Shared storage, as QEMU's image locking has it: the destination opens
+    the source's disk while the source still runs, takes its lock when the
+    stream ends, and the source in postmigrate cannot run on it again."""
+    from kvmkit.devices.virtio.config import DiskSpec, VirtioSpecs
+    from kvmkit.errors import ConfigError
+    from kvmkit.vmm.disklock import DiskLocks
+    disk = tmp_path / "shared.raw"
+    disk.write_bytes(bytes(1 << 20))
+    src = machine(tiny_guest("counter"), virtio=VirtioSpecs(disks=(DiskSpec(str(disk), "raw"),)))
+    wait_past(src, 3)
+    with pytest.raises(ConfigError, match="in use by another running VM"):
+        DiskLocks([str(disk)])                      # the running source holds it
+    sock = str(tmp_path / "mig.sock")
+    dest = Destination(f"unix:{sock}")
+    info = migrate(src, f"unix:{sock}", dest, max_bandwidth=4 << 30)
+    assert info["status"] == "completed", info
+    assert dest.error is None, dest.error
+    a = dest.arrival
+    try:
+        a.machine.start()
+        with pytest.raises(ConfigError, match="in use by another running VM"):
+            src.resume()                            # cont in postmigrate: the destination has the disk
+        assert src.state == RunState.POSTMIGRATE
+    finally:
+        a.machine.close()
+    src.resume()                                    # the destination is gone: the source may run again
+    assert src.state == RunState.RUNNING

@@ -115,6 +115,7 @@ def receive(incoming: Incoming, **overrides: Any) -> Arrival:
             raise StreamError(f"{where}: {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
             raise StreamError(f"{where}: the device state does not fit this machine ({exc})") from None
+        machine.take_disk_locks()              # the source released them before END
         running = bool(end.get("running"))
         # Runs on start() only if the source ran (as QEMU's autostart after -incoming).
         machine.config = dataclasses.replace(machine.config, start_paused=user_paused or not running)

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kvmkit.errors import ConfigError, GuestError
+from kvmkit.errors import ConfigError, GuestError, KvmkitError
 from kvmkit.vmm.api import RunState
 from kvmkit.vmm.migration import stream as st
 from kvmkit.vmm.migration.transport import Outgoing, parse_uri
@@ -167,7 +167,7 @@ class MigrationControl:
 
     def _run(self, uri) -> None:
         job, m = self.job, self._m
-        paused_here = False
+        paused_here = locks_released = False
         dirty = None
         self._set_status(job, "setup")
         try:
@@ -213,6 +213,8 @@ class MigrationControl:
                 t_pages = time.monotonic()
                 body = capture(m)
             writer.json(st.STATE, body)
+            m.release_disk_locks()             # the destination takes them when the stream ends
+            locks_released = True
             writer.json(st.END, {"running": running, "pages": job.normal_pages})
             t_state = time.monotonic()
             job.remaining = 0
@@ -235,6 +237,12 @@ class MigrationControl:
                 self._out.abort()
             if dirty is not None:
                 dirty.close()
+            if locks_released:
+                try:
+                    m.take_disk_locks()
+                except KvmkitError as lock_error:   # the destination may have started on them after all
+                    log.warning("after the failed migration: %s; the source stays paused", lock_error)
+                    paused_here = False
             if paused_here:
                 m.resume()
             job.end = time.monotonic()
