@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,11 +21,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_target(name: str, runs: int, workdir: Path, max_time: int) -> dict:
     crash_dir, corpus = workdir / name / "crashes", workdir / name / "corpus"
     crash_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    # libFuzzer ends the worker with exit(), past Python's atexit: its
+    # targets' scratch files go in a directory removed here.
+    scratch = Path(tempfile.mkdtemp(prefix=f"scratch-{name}-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               TMPDIR=str(scratch), KVMKIT_FUZZ_SCRATCH=str(scratch))
     log_path = workdir / name / "libfuzzer.log"
-    with open(log_path, "w") as log_file:          # written as it runs: tail it to watch
-        rc = subprocess.run([sys.executable, "-m", "fuzz.worker", name, str(runs), str(crash_dir), str(corpus),
-                             str(max_time)], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT).returncode
+    try:
+        with open(log_path, "w") as log_file:          # written as it runs: tail it to watch
+            rc = subprocess.run([sys.executable, "-m", "fuzz.worker", name, str(runs), str(crash_dir), str(corpus),
+                                 str(max_time)], cwd=ROOT, env=env, stdout=log_file,
+                                stderr=subprocess.STDOUT).returncode
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     log = log_path.read_text(errors="replace")
     execs = re.findall(r"^#(\d+)\s", log, re.M)
     done = re.search(r"Done (\d+) runs", log)

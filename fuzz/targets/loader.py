@@ -16,6 +16,7 @@ from kvmkit.memory.guest_memory import GuestMemory
 from fuzz.harness import target
 
 _DIR = tempfile.mkdtemp(prefix=f"kvmkit-fuzz-k{os.getpid()}-")
+atexit.register(shutil.rmtree, _DIR, True)     # the scratch files go with the process
 atexit.register(shutil.rmtree, _DIR, True)
 
 

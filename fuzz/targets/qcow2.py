@@ -22,7 +22,8 @@ from fuzz.harness import target
 
 SIZE = 256 << 10
 CLUSTER = 512
-_DIR = tempfile.mkdtemp(prefix=f"kvmkit-fuzz-{os.getpid()}-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+_DIR = tempfile.mkdtemp(prefix=f"kvmkit-fuzz-{os.getpid()}-", dir=os.environ.get("KVMKIT_FUZZ_SCRATCH") or ("/dev/shm" if os.path.isdir("/dev/shm") else None))
+atexit.register(shutil.rmtree, _DIR, True)     # the scratch files go with the process
 atexit.register(shutil.rmtree, _DIR, True)
 
 

@@ -20,6 +20,7 @@ from kvmkit.vmm import snapshot as snap
 from fuzz.harness import target
 
 _DIR = tempfile.mkdtemp(prefix=f"kvmkit-fuzz-s{os.getpid()}-")
+atexit.register(shutil.rmtree, _DIR, True)     # the scratch files go with the process
 atexit.register(shutil.rmtree, _DIR, True)
 
 

@@ -29,6 +29,7 @@ from fuzz.harness import target
 LOW_END, HIGH_BASE, HIGH_END = 0x40000, 0x50000, 0x60000      # RAM: [0, 256K) and [320K, 384K)
 DESC, AVAIL, USED, INDIRECT, BUFFERS = 0x1000, 0x3000, 0x4000, 0x8000, 0x10000
 _DIR = tempfile.mkdtemp(prefix=f"kvmkit-fuzz-v{os.getpid()}-")
+atexit.register(shutil.rmtree, _DIR, True)     # the scratch files go with the process
 atexit.register(shutil.rmtree, _DIR, True)
 
 
