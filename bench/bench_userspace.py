@@ -133,17 +133,18 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=64)
     ap.add_argument("--tcp-mib", type=int, default=8)
     a = ap.parse_args()
-    from kvmkit.devices.virtio.config import DiskSpec, NetSpec, VirtioSpecs
-    from kvmkit.vmm.machine import Machine
     netns = f"kvmkit-bench{os.getpid()}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
-        run(a, netns, DiskSpec, NetSpec, VirtioSpecs, Machine)
+        run(a, netns)
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
-def run(a, netns, DiskSpec, NetSpec, VirtioSpecs, Machine) -> None:
+def run(a: argparse.Namespace, netns: str) -> None:
+    from kvmkit.devices.virtio.config import DiskSpec, NetSpec, VirtioSpecs
+    from kvmkit.vmm.machine import Machine
+
     def ns(*cmd: str) -> None:
         subprocess.run(["ip", "netns", "exec", netns, *cmd], check=True)
     with tempfile.TemporaryDirectory() as d:

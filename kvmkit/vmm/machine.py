@@ -157,10 +157,11 @@ class Machine:
             self.device_context.isa_irqs_free.remove(acpi.SCI_IRQ)   # the SCI owns IRQ 9
         if cfg.virtio is not None:
             from kvmkit.devices.virtio.attach import attach_virtio
-            from kvmkit.vmm.disklock import DiskLocks
             # An incoming machine takes its disks' locks once the stream has
             # ended (the source, on shared storage, holds them until then).
-            self._disk_locks = None if self._incoming else DiskLocks(self._writable_disks())
+            self._disk_locks = None
+            if not self._incoming:
+                self.take_disk_locks()
             self.virtio_devices = attach_virtio(self.device_context, cfg.virtio)
         self.syscall_trap: SyscallTrap | None = None
         if self.compat.syscall_trap:
