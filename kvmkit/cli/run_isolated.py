@@ -312,12 +312,8 @@ def _open_taps(args: argparse.Namespace, plan: _Plan) -> None:
     nets = []
     for text in args.net:
         n = vc.parse_net(text)
-        tap = Tap.open(n.tap)
+        tap = Tap.open_for_nic(n.tap, n.bridge)
         plan.taps.append(tap)
-        if n.bridge:
-            tap.join_bridge(n.bridge)
-        elif n.tap is None:
-            tap.set_up()
         os.set_inheritable(tap.fd, True)
         nets.append(f"fd={tap.fd},tap={tap.name}" + (f",mac={n.mac}" if n.mac else "")
                     + (f",bridge={n.bridge}" if n.bridge else ""))     # named: a snapshot records them

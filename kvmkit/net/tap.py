@@ -60,6 +60,21 @@ class Tap:
         return cls(fd, actual, vnet_hdr)
 
     @classmethod
+    def open_for_nic(cls, name: str | None, bridge: str | None) -> "Tap":
+        """A NIC's tap ready for traffic: opened (created if ``name`` is None
+        or absent), then a port of ``bridge`` and up, or just up if kvmkit
+        created it; a tap the user named and left unbridged is theirs to set
+        up.  Closed again if that fails."""
+        tap = cls.open(name)
+        if name is None or bridge:
+            try:
+                tap.join_bridge(bridge) if bridge else tap.set_up()
+            except BaseException:
+                tap.close()
+                raise
+        return tap
+
+    @classmethod
     def adopt(cls, fd: int) -> "Tap":
         """A tap someone else opened and handed over by descriptor (a jail's
         supervisor: the jailed VMM has no /dev/net/tun and no interfaces)."""

@@ -44,13 +44,8 @@ def build_devices(ctx: DeviceContext, specs: VirtioSpecs) -> list[VirtioDevice]:
                                        fmt=getattr(image, "format", d.format or ""),
                                        werror=d.werror, rerror=d.rerror, on_error=ctx.block_error))
         for i, n in enumerate(specs.nets):
-            tap = Tap.open(n.tap) if n.fd is None else Tap.adopt(n.fd)
-            if n.fd is None and (n.tap is None or n.bridge):   # a handed-over tap is set up by its owner
-                try:
-                    tap.join_bridge(n.bridge) if n.bridge else tap.set_up()
-                except BaseException:
-                    tap.close()
-                    raise
+            # a handed-over tap (fd=N) was set up by its owner
+            tap = Tap.open_for_nic(n.tap, n.bridge) if n.fd is None else Tap.adopt(n.fd)
             devices.append(VirtioNet(ctx.memory, f"net{i}", tap, parse_mac(n.mac) if n.mac else None))
         if specs.console is not None:
             out_fd = 1
