@@ -71,7 +71,16 @@ def load(sd: StateDir, domain: str, name: str) -> Snapshot:
 
 
 def listing(sd: StateDir, domain: str) -> list[Snapshot]:
-    return sorted((load(sd, domain, n) for n in names(sd, domain)), key=lambda s: (s.created, s.name))
+    """In creation order.  ``creationTime`` counts whole seconds (libvirt's
+    schema), so two snapshots taken within one second are ordered by when
+    their metadata was written (it is written last, once per create)."""
+    def order(s: Snapshot) -> tuple[int, int, str]:
+        try:
+            written = os.stat(sd.snapshot_dir(domain) / f"{s.name}.xml").st_mtime_ns
+        except FileNotFoundError:
+            written = 0
+        return (s.created, written, s.name)
+    return sorted((load(sd, domain, n) for n in names(sd, domain)), key=order)
 
 
 def forget_all(sd: StateDir, domain: str) -> None:

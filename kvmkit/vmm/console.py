@@ -54,6 +54,7 @@ class Console:
         self._escape = False
         self._replayed = False
         self._pending_input = bytearray()
+        self.typed = 0          # bytes of host input so far (the start cache saves only when none is in flight)
         self._open()
 
     # --- setup -----------------------------------------------------------
@@ -139,6 +140,7 @@ class Console:
         """Type ``data`` into the guest's console."""
         if isinstance(data, str):
             data = data.encode()
+        self.typed += len(data)
         sink = self._input
         if sink is None:
             with self._cond:

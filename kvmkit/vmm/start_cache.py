@@ -9,7 +9,9 @@ session; later runs restore it and the prompt is there at once.
 Entries live in ``~/.cache/kvmkit/snapshots/<key hash>/`` (``$XDG_CACHE_HOME``
 is honoured; ``$KVMKIT_START_CACHE`` names another directory).  The key (``key.json``) holds everything the saved state
 depends on: SHA-256 of the kernel and the initramfs, memory size, vCPU
-count, command line, ACPI, host-compat, kvmkit's state version and the
+count, command line, ACPI, host-compat, kvmkit's state version, a hash of
+kvmkit's source (an edited checkout does not restore what older code
+wrote) and the
 host (its kernel release and CPU flags, since CPUID and MSRs come from
 it).  A change in any of them is a different key, so a stale entry is
 never restored; it is simply not found.  Entries are written to a
@@ -42,7 +44,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from kvmkit.vmm.config import VmConfig
@@ -65,11 +67,9 @@ def cache_root() -> Path:
     return base / "kvmkit" / "snapshots"
 
 
-def _file_hash(path: Path) -> str:
-    """SHA-256 of a file, remembered per (path, size, mtime) in this process
-    and beside the cache (``hashes.json``) so a run does not re-read the kernel."""
-    st = path.stat()
-    ident = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+def _memoised(ident: tuple, compute: Callable[[], str]) -> str:
+    """``compute()``, remembered per ``ident`` in this process and beside the
+    cache (``hashes.json``) so a run does not re-read what has not changed."""
     if ident in _HASHES:
         return _HASHES[ident]
     memo = cache_root() / "hashes.json"
@@ -79,11 +79,7 @@ def _file_hash(path: Path) -> str:
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        known[key] = h.hexdigest()
+        known[key] = compute()
         try:
             memo.parent.mkdir(parents=True, exist_ok=True)
             tmp = memo.with_name(f"hashes.{os.getpid()}.tmp")
@@ -93,6 +89,38 @@ def _file_hash(path: Path) -> str:
             pass
     _HASHES[ident] = known[key]
     return known[key]
+
+
+def _file_hash(path: Path) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime)."""
+    st = path.stat()
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    return _memoised((str(path.resolve()), st.st_size, st.st_mtime_ns), compute)
+
+
+def _code_hash() -> str:
+    """SHA-256 of kvmkit's own source: a saved state is only as good as the
+    code that wrote it and the code that will load it, and a changed device
+    model or host-compat layer with the same version number (a checkout,
+    an edit) must not restore an entry it did not write."""
+    import kvmkit
+    root = Path(kvmkit.__file__).parent
+    sources = sorted(root.rglob("*.py"))
+    stats = hashlib.sha256(repr([(str(p.relative_to(root)), st.st_size, st.st_mtime_ns)
+                                 for p in sources for st in (p.stat(),)]).encode()).hexdigest()
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        for p in sources:
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+        return h.hexdigest()
+    return _memoised(("kvmkit-code", stats), compute)
 
 
 def _host() -> dict[str, str]:
@@ -115,7 +143,7 @@ def cache_key(config: "VmConfig") -> dict[str, Any]:
             "initrd": _file_hash(Path(config.initrd)) if config.initrd else None,
             "memory": config.memory, "cpus": config.cpus, "cmdline": config.cmdline,
             "acpi": config.acpi, "host-compat": config.host_compat,
-            "state-version": STATE_VERSION, "kvmkit": __version__, "host": _host()}
+            "state-version": STATE_VERSION, "kvmkit": __version__, "code": _code_hash(), "host": _host()}
 
 
 def _digest(key: dict[str, Any]) -> str:
@@ -160,7 +188,8 @@ def clock_lag(machine: "Machine") -> float:
 
 class PromptSaver:
     """Watches a booting machine's console and saves it into the cache the
-    first time it sits at ``prompt`` with nothing typed after it."""
+    first time it sits at ``prompt``, if nothing has been typed yet (once
+    anything is, the guest may hold input it has not echoed: no save)."""
 
     def __init__(self, machine: "Machine", prompt: bytes, root: Path | None = None,
                  timeout: float = 1800.0) -> None:
@@ -177,20 +206,26 @@ class PromptSaver:
         self._thread.start()
         return self
 
-    def _at_prompt(self) -> bool:
-        """At the prompt, and the console has been quiet for QUIET seconds."""
-        out = self.machine.console.output
+    def _at_prompt(self) -> tuple[bytes, int] | None:
+        """At the prompt, the console quiet for QUIET seconds and nothing
+        ever typed: the console's output and input count then."""
+        console = self.machine.console
+        out, typed = console.output, console.typed
         if not self.prompt.search(out):
-            return False
+            return None
         time.sleep(QUIET)
-        return self.machine.console.output == out and self.machine.running
+        if console.output != out or console.typed != typed or not self.machine.running:
+            return None
+        return out, typed
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.timeout
         try:
             while time.monotonic() < deadline and not self.machine._done.is_set():
-                if self._at_prompt():
-                    self._save()
+                if self.machine.console.typed:
+                    return               # typed ahead: it may sit unechoed in the guest's tty
+                seen = self._at_prompt()
+                if seen is not None and self._save(*seen):
                     return
                 time.sleep(0.1)
         except Exception as exc:         # a failed cache must never stop the guest
@@ -199,13 +234,29 @@ class PromptSaver:
         finally:
             self.done.set()
 
-    def _save(self) -> None:
+    def _save(self, out: bytes, typed: int) -> bool:
+        """Save if, with the guest paused, the console is still as it was
+        at the prompt: input typed a moment ago (still in the UART or the
+        guest's tty, not yet echoed) would otherwise be saved with it and
+        replayed into every later run.  False if not saved (try again)."""
+        machine, console = self.machine, self.machine.console
+        if not machine.running:
+            return False
+        machine.pause()
+        try:
+            if console.output != out or console.typed != typed or machine.serial.save_state()["rx"]:
+                return False
+            self._write_entry(out.rsplit(b"\n", 1)[-1])
+            return True
+        finally:
+            machine.resume()
+
+    def _write_entry(self, screen: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / _digest(self.key)
         tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
         try:
-            self.machine.save_snapshot(tmp)
-            screen = self.machine.console.output.rsplit(b"\n", 1)[-1]
+            self.machine.save_snapshot(tmp)          # paused: stays paused
             (tmp / SCREEN_FILE).write_bytes(screen)
             (tmp / KEY_FILE).write_text(json.dumps(self.key, indent=1, sort_keys=True) + "\n")
             if final.exists():
@@ -215,3 +266,22 @@ class PromptSaver:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+        _drop_superseded(self.root, self.key)
+
+
+CODE_FIELDS = ("code", "kvmkit", "state-version")
+
+
+def _drop_superseded(root: Path, key: dict[str, Any]) -> None:
+    """Remove entries of the same guest written by other kvmkit code: they
+    can never be restored by this code, and each holds the guest's memory."""
+    same_guest = {k: v for k, v in key.items() if k not in CODE_FIELDS}
+    for d in root.iterdir():
+        if d.name == _digest(key) or not d.is_dir():
+            continue
+        try:
+            other = json.loads((d / KEY_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if {k: v for k, v in other.items() if k not in CODE_FIELDS} == same_guest:
+            shutil.rmtree(d, ignore_errors=True)

@@ -24,6 +24,9 @@ from kvmkit.block.qcow2 import snapshots as qsnap
 from .helpers import REPO, tiny_xml
 
 pytestmark = pytest.mark.kvm
+# Each kill test is ROUNDS manager runs SIGKILLed at random moments (10-25 s
+# apiece): slow, so the fast suite stays a quick loop; CI runs them.
+rounds = pytest.mark.slow
 
 ROUNDS = 20
 MARK = b"written before any clone"
@@ -86,6 +89,7 @@ def vmm_processes(uuid: str) -> int:
     return sum(1 for ppid in found.values() if ppid not in found)
 
 
+@rounds
 def test_killed_define(cli, host, idle, tmp_path):
     cost = cli.timed("define", str(_xml(tmp_path, "probe", idle)))
     for i in range(ROUNDS):
@@ -100,6 +104,7 @@ def test_killed_define(cli, host, idle, tmp_path):
     assert set(cli.names()) <= {"probe"} | {f"def{i}" for i in range(ROUNDS)}
 
 
+@rounds
 def test_killed_start(cli, host, idle, tmp_path):
     info = host.define(tiny_xml("s", idle))
     cost = cli.timed("start", "s")
@@ -120,6 +125,7 @@ def test_killed_start(cli, host, idle, tmp_path):
     assert cli.names() == ["s"]
 
 
+@rounds
 def test_killed_clone(cli, host, idle, tmp_path):
     disk = tmp_path / "orig.qcow2"
     create_image(str(disk), "qcow2", 16 << 20)
@@ -148,6 +154,7 @@ def test_killed_clone(cli, host, idle, tmp_path):
     assert len(chain) == len(bases) + 1                         # no base that nothing stands on
 
 
+@rounds
 def test_killed_snapshot_create(cli, host, idle, tmp_path):
     disk = tmp_path / "snap.qcow2"
     create_image(str(disk), "qcow2", 16 << 20)
@@ -172,6 +179,7 @@ def _disk_snapshots(path: Path) -> set[str]:
     return {line.split()[1] for line in out.splitlines()[2:] if line.strip()}
 
 
+@rounds
 def test_killed_snapshot_create_of_a_running_domain(cli, host, idle, tmp_path):
     from kvmkit.manager.vmstate import open_state
     disk = tmp_path / "live.qcow2"
@@ -194,6 +202,7 @@ def test_killed_snapshot_create_of_a_running_domain(cli, host, idle, tmp_path):
     assert res.returncode in (0, 3) and "corrupt" not in res.stdout.lower(), res.stdout + res.stderr
 
 
+@rounds
 def test_killed_managedsave(cli, host, idle, tmp_path):
     from kvmkit.manager.vmstate import open_state
     host.define(tiny_xml("ms", idle))

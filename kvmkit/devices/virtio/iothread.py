@@ -64,15 +64,21 @@ class IoThread:
 
     def stop(self) -> None:
         self._stop = True
-        os.eventfd_write(self._wake, 1)
+        if self._wake >= 0:
+            os.eventfd_write(self._wake, 1)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self._thread = None
 
     def close(self) -> None:
+        """Idempotent: a second close must not close whatever file has
+        since been given the eventfd's number."""
+        if self._wake < 0:
+            return
         self.stop()
         self._epoll.close()
         os.close(self._wake)
+        self._wake = -1
 
     def _next_timeout(self) -> float:
         with self._lock:
