@@ -19,11 +19,16 @@ and brought back four ways:
   pattern, never started before the save; after the restore it runs
   SeaBIOS's first instructions.
 - save: kvmkit ``save_snapshot`` and QEMU ``migrate`` to a file, MB/s.
+- diff snapshot after 1 s of an idle guest: the fast Linux guest at its
+  shell prompt (booted once) and the ``idle`` tiny guest each take a full
+  snapshot, idle 1 s, and take a diff on it: pages written, bytes on disk
+  (the whole diff directory, state file included) against the full
+  snapshot's RAM, and the time the diff took (``--no-diff`` skips it).
 
 The kvmkit guest is the ``idle`` tiny guest (halts), its RAM filled from
 the host before the save.  Ratios are QEMU's time over kvmkit's.
 
-    python bench/bench_restore.py [--sizes 512,2048]
+    python bench/bench_restore.py [--sizes 512,2048] [--no-diff]
 """
 
 from __future__ import annotations
@@ -104,6 +109,50 @@ def wait_running(path: str, proc: subprocess.Popen, timeout: float = 120, cont: 
 def stop(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.communicate()
+
+
+# ------------------------------------------------------------------ diffs
+def disk_bytes(directory: Path) -> int:
+    """Bytes the directory's files take on disk (sparse holes not counted)."""
+    return sum(p.stat().st_blocks * 512 for p in directory.rglob("*") if p.is_file())
+
+
+def idle_diff(m, tmp: Path) -> dict:
+    """Full snapshot, 1 s idle, diff on it: what the diff holds and costs."""
+    full = m.save_snapshot(tmp / "full")
+    time.sleep(1.0)
+    diff = m.save_snapshot(tmp / "diff", diff_from=tmp / "full")
+    return {"RAM MiB": full.memory_bytes / MIB, "full written KiB": full.written_bytes / 1024,
+            "diff pages": diff.written_bytes // 4096, "diff on disk KiB": disk_bytes(tmp / "diff") / 1024,
+            "diff ms": diff.seconds * 1e3}
+
+
+def diff_rows(tmp: Path) -> list[tuple[str, dict]]:
+    import build as guest_build
+
+    import kvmkit
+    from kvmkit.guest.assets import fast_guest
+    rows = []
+    g = fast_guest(build=True)
+    m = kvmkit.VM(g.vmlinux, initrd=g.initrd, cmdline=g.cmdline, memory=g.memory)
+    try:
+        m.start()
+        m.console.expect(rb"root@kvmkit:~# ", timeout=900, alive=lambda: m.running)
+        time.sleep(2.0)                              # past the prompt's own last writes
+        (tmp / "linux").mkdir()
+        rows.append(("fast Linux guest at its shell", idle_diff(m, tmp / "linux")))
+    finally:
+        m.close()
+    kernel = guest_build.build("idle", Path.home() / ".cache" / "kvmkit" / "test-guests")
+    m = kvmkit.VM(kernel, memory=64 * MIB, serial="null")
+    try:
+        m.start()
+        time.sleep(0.5)
+        (tmp / "tiny").mkdir()
+        rows.append(("idle tiny guest (64 MiB)", idle_diff(m, tmp / "tiny")))
+    finally:
+        m.close()
+    return rows
 
 
 # ------------------------------------------------------------------ kvmkit
@@ -231,7 +280,16 @@ def qemu_incoming(size: int, state: Path, tmp: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="512,2048", help="guest RAM sizes in MiB")
+    ap.add_argument("--no-diff", action="store_true", help="skip the diff-snapshot-after-1-s-idle section")
     args = ap.parse_args()
+    if not args.no_diff:
+        with tempfile.TemporaryDirectory(prefix="kvmkit-bench-diff-", dir="/var/tmp") as t:
+            for title, row in diff_rows(Path(t)):
+                print(f"diff snapshot after 1 s idle, {title}:")
+                for k, v in row.items():
+                    print(f"  {k:28s} {v:10.1f}")
+                print(f"  diff on disk / full RAM             {row['diff on disk KiB'] / 1024 / row['RAM MiB']:8.4f}x")
+                sys.stdout.flush()
     have_qemu = shutil.which("qemu-system-x86_64") is not None
     rows = []
     for mib in (int(x) for x in args.sizes.split(",")):

@@ -27,7 +27,7 @@ from typing import Callable
 import kvmkit
 from kvmkit.errors import ConfigError, KvmkitError
 from kvmkit.sizes import parse_size
-from kvmkit.host import ids, jail, jail_process
+from kvmkit.host import handover, ids, jail, jail_process
 from kvmkit.host.placement import ENV_PLACEMENT, PlacementServer
 from kvmkit.host.resources import release_own
 from kvmkit.host.seccomp_filter import AuditLog
@@ -49,10 +49,9 @@ class _Plan:
     sockets: list[str] = field(default_factory=list)      # host paths of sockets the VMM will listen on
     outputs: list[str] = field(default_factory=list)      # host files the VMM writes (bound in, given to the VM user)
     writable: list[str] = field(default_factory=list)     # files handed to the VM's user while it runs
-    chowned: dict[str, tuple[int, int]] = field(default_factory=dict)   # path -> original owner, to restore
     taps: list = field(default_factory=list)
     shared: list[tuple[str, bool]] = field(default_factory=list)   # directories shared with other VMs (ACL)
-    granted: list[str] = field(default_factory=list)
+    handover: "handover.Handover | None" = None        # what was given to the VM's user, to give back
 
     def bind(self, path: str, writable: bool = False) -> bool:
         """Bind ``path`` in (False if it does not exist: the VMM, which
@@ -76,7 +75,9 @@ def run_isolated(args: argparse.Namespace, run_inside: Callable[[argparse.Namesp
     plan = _Plan()
     _collect(args, plan)
     resources = _resources(args)
+    handover.take_back_abandoned()          # what VMs whose supervisor was killed left chowned
     lease = ids.allocate()
+    plan.handover = handover.handover_for(lease)
     spec = None
     placement = None
     try:
@@ -85,7 +86,7 @@ def run_isolated(args: argparse.Namespace, run_inside: Callable[[argparse.Namesp
                              cwd=os.getcwd(), keep_fds=())
         jail.build(spec)
         _open_taps(args, plan)
-        _give(plan, lease.uid, lease.gid)
+        plan.handover.give(plan.writable, plan.shared)    # libvirt's DAC driver does the same
         _link_sockets(spec, plan)
         exit_file, args.exit_file = args.exit_file, INNER_EXIT_FILE
         keep = inherited | {lease.fd} | {t.fd for t in plan.taps}
@@ -325,19 +326,6 @@ def _open_taps(args: argparse.Namespace, plan: _Plan) -> None:
         args.net = nets
 
 
-def _give(plan: _Plan, uid: int, gid: int) -> None:
-    """The VM's writable files belong to its user while it runs (libvirt's DAC driver does the same)."""
-    from kvmkit.host import acl
-    for directory, writable in plan.shared:
-        plan.granted += acl.grant_tree(directory, uid, writable)
-    for path in dict.fromkeys(plan.writable):
-        st = os.stat(path)
-        plan.chowned[path] = (st.st_uid, st.st_gid)
-        os.chown(path, uid, gid)
-        if not st.st_mode & stat.S_IWUSR or not st.st_mode & stat.S_IRUSR:
-            os.chmod(path, st.st_mode | stat.S_IRUSR | stat.S_IWUSR)
-
-
 def _link_sockets(spec: jail.JailSpec, plan: _Plan) -> None:
     for path in plan.sockets:
         if os.path.islink(path) or (os.path.exists(path) and stat.S_ISSOCK(os.lstat(path).st_mode)):
@@ -379,14 +367,8 @@ def _supervise(child: jail_process.JailedProcess, spec: jail.JailSpec, exit_file
 
 
 def _undo(plan: _Plan, spec: jail.JailSpec | None) -> None:
-    from kvmkit.host import acl
-    for path in plan.granted:
-        acl.revoke(path, spec.uid if spec else -1)
-    for path, (uid, gid) in plan.chowned.items():
-        try:
-            os.chown(path, uid, gid)
-        except OSError:
-            pass
+    if plan.handover is not None:
+        plan.handover.take_back()
     if spec is not None:
         for path in plan.sockets:
             if os.path.islink(path) and os.readlink(path).startswith(str(spec.root) + "/"):

@@ -78,15 +78,22 @@ def allocate(ids: IdRange | None = None, lock_dir: Path = DEFAULT_LOCK_DIR) -> I
     except OSError as exc:
         raise host_error(f"VM id locks in {lock_dir}", exc) from None
     for uid in range(ids.base, ids.base + ids.count):
-        try:
-            fd = os.open(lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise host_error(f"VM id lock {lock_dir / f'{uid}.lock'}", exc) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        return IdLease(uid, fd)
+        lease = hold(uid, lock_dir)
+        if lease is not None:
+            return lease
     raise HostResourceError(f"no free VM user id: all {ids.count} of {ids} are in use by running VMs "
                             f"(widen the range with {ENV_RANGE}=BASE:COUNT)")
+
+
+def hold(uid: int, lock_dir: Path = DEFAULT_LOCK_DIR) -> IdLease | None:
+    """A lease on ``uid`` if no one holds it (its lock directory must exist), else None."""
+    try:
+        fd = os.open(lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise host_error(f"VM id lock {lock_dir / f'{uid}.lock'}", exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return IdLease(uid, fd)

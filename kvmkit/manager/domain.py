@@ -20,15 +20,23 @@ from kvmkit.manager.tuning import DomainTuning
 MAC_PREFIX = "52:54:00"          # the locally administered prefix libvirt and QEMU use
 
 
+#: libvirt's <driver cache=...> modes; ``default`` is stored as no mode (the VMM's writeback).
+CACHE_MODES = ("default", "none", "writethrough", "writeback", "directsync", "unsafe")
+#: libvirt's <driver error_policy=...>; rerror_policy takes the first three.
+ERROR_POLICIES = ("stop", "report", "ignore", "enospace")
+
+
 @dataclass(frozen=True)
 class Disk:
     source: str                   # the image file
     target: str                   # vda, vdb, ...: the order the guest sees them in
     format: str = "raw"           # raw | qcow2 (libvirt's default without <driver type>)
     readonly: bool = False
-    cache: str | None = None      # none | writeback
+    cache: str | None = None      # none | writeback | writethrough | directsync | unsafe
     discard: str | None = None    # unmap | ignore
     serial: str | None = None
+    error_policy: str | None = None    # what a failed write does: stop | report | ignore | enospace
+    rerror_policy: str | None = None   # what a failed read does: stop | report | ignore
 
     @property
     def writable(self) -> bool:

@@ -13,7 +13,8 @@ import os
 import re
 import uuid as _uuid
 
-from kvmkit.manager.domain import CharDev, Disk, DomainDef, Interface, Vsock, new_mac, new_uuid
+from kvmkit.manager.domain import (CACHE_MODES, ERROR_POLICIES, CharDev, Disk, DomainDef, Interface, Vsock,
+                                   new_mac, new_uuid)
 from kvmkit.manager.errors import Unsupported
 from kvmkit.manager.reader import Reader
 from kvmkit.manager.tuning import parse_tuning
@@ -209,12 +210,15 @@ def _disk(x: Reader) -> Disk | None:
     if x.node.attrs.get("type", "file") != "file" or x.node.attrs.get("device", "disk") != "disk":
         return None                 # reported; its other contents would only add noise
     drv = x.child("driver")
-    fmt, cache, discard = "raw", None, None
+    fmt, cache, discard, werror, rerror = "raw", None, None, None, None
     if drv is not None:
         drv.attr("name", ("qemu",))
         fmt = drv.attr("type", ("raw", "qcow2"), "raw")
-        cache = drv.attr("cache", ("none", "writeback"))
+        cache = drv.attr("cache", CACHE_MODES)
+        cache = None if cache == "default" else cache
         discard = drv.attr("discard", ("unmap", "ignore"))
+        werror = drv.attr("error_policy", ERROR_POLICIES)
+        rerror = drv.attr("rerror_policy", ERROR_POLICIES[:3])
         drv.done()
     src = x.child("source")
     if src is None or not src.attr("file"):
@@ -234,7 +238,7 @@ def _disk(x: Reader) -> Disk | None:
         ro.done()
     serial = x.child_text("serial")
     x.done()
-    return Disk(path, dev, fmt, ro is not None, cache, discard, serial)
+    return Disk(path, dev, fmt, ro is not None, cache, discard, serial, werror, rerror)
 
 
 def _interface(x: Reader) -> Interface:

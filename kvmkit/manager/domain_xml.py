@@ -49,7 +49,8 @@ def domain_xml(d: DomainDef, *, domain_id: int | None = None, vsock_cid: int | N
 
 def _disk(x: Disk) -> Node:
     return element("disk", type="file", device="disk", children=[
-        element("driver", name="qemu", type=x.format, cache=x.cache, discard=x.discard),
+        element("driver", name="qemu", type=x.format, cache=x.cache, error_policy=x.error_policy,
+                rerror_policy=x.rerror_policy, discard=x.discard),
         element("source", file=x.source),
         element("target", dev=x.target, bus="virtio"),
         element("readonly") if x.readonly else None,

@@ -4,6 +4,8 @@ virsh's words throughout: states ``running``, ``paused``, ``shut off``;
 reasons ``booted``, ``unpaused``, ``user``, ``shutdown``, ``destroyed``,
 ``crashed``, ``failed``, ``unknown``.  A running domain's state is asked of
 its VMM (QMP query-status), so a guest paused by an error is seen as paused.
+A VMM still in ``prelaunch`` is paused only if it was started paused: one
+whose starting manager was killed runs on by itself and is running.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def live_info(rd: RunDir, persistent: bool, autostart: bool, config: DomainDef |
     try:
         qstate = qmp(rd.qmp_socket, "query-status", timeout=2.0)["status"]
         state = QMP_STATE.get(qstate, "running")
+        if qstate == "prelaunch" and not status.get("start_paused", True):
+            state = "running"                 # between its monitor opening and its vCPUs starting, by itself
         if state == "paused":
             reason = status.get("pause_reason", "user")
         elif reason not in RUNNING_REASONS:

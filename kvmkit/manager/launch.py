@@ -27,6 +27,8 @@ from kvmkit.manager.locks import try_lock
 from kvmkit.manager.rundir import RunDir
 from kvmkit.manager.vmmlink import reachable
 
+#: libvirt's error_policy words as ``kvmkit run --disk werror=`` (and QEMU's -drive) spells them.
+VMM_ERROR_ACTION = {"stop": "stop", "report": "report", "ignore": "ignore", "enospace": "enospc"}
 START_TIMEOUT = 120.0           # 20 VMMs starting at once on 2 shared cores take a while
 LOG_TAIL = 2000
 _children: list[subprocess.Popen] = []   # reaped opportunistically: no zombies in long-lived callers
@@ -64,6 +66,8 @@ def vmm_argv(d: DomainDef, rd: RunDir, live: LiveValues) -> list[str]:
         spec += f",cache={disk.cache}" if disk.cache else ""
         spec += ",discard=unmap" if disk.discard == "unmap" else ""
         spec += f",serial={disk.serial}" if disk.serial else ""
+        spec += f",werror={VMM_ERROR_ACTION[disk.error_policy]}" if disk.error_policy else ""
+        spec += f",rerror={disk.rerror_policy}" if disk.rerror_policy else ""
         argv += ["--disk", spec]
     for i, (nic, tap) in enumerate(zip(d.interfaces, live.taps)):
         spec = f"tap={tap},mac={nic.mac}" if tap else f"mac={nic.mac}"

@@ -296,10 +296,13 @@ def test_a_vmm_dies_with_its_supervisor_even_by_sigkill(other_vm):
         time.sleep(0.05)
     stale = jail_dir() / str(other_vm["uid"])
     assert stale.exists(), "a SIGKILLed supervisor cannot clean up"
+    assert os.stat(other_vm["disk"]).st_uid == other_vm["uid"]       # the disk is still the VM user's
     p = run("--isolation", "on", "--kernel", str(other_vm["kernel"]), "-m", "64M", "--serial", "null",
             env={ids.ENV_RANGE: f"{other_vm['uid']}:1"})
     assert p.returncode == 1 and "error" not in p.stderr, p.stderr      # the hello guest's status
     assert not stale.exists(), "the next VM with that uid removes the stale jail"
+    st = os.stat(other_vm["disk"])
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o600), "the next jailed run gives the disk back"
 
 
 def test_two_jailed_vms_restore_one_snapshot_and_the_acl_entries_go(tiny_guest, machine, tmp_path):

@@ -449,15 +449,21 @@ class Qcow2Image(BlockImage):
                 head = self._old_bytes(first_cluster, pos - first_cluster)
                 tail_end = min(self.size, -(-run_end // cs) * cs)
                 tail = self._old_bytes(run_end, tail_end - run_end)
-                if isinstance(source, list):
-                    parts = [memoryview(head)] + \
-                        iov_slices(source, pos - offset, run_end - pos) + [memoryview(tail)]
-                    self._data_pwritev([p for p in parts if len(p)], new_host)
-                else:
-                    fileio.pwrite_all(self.fd, head, new_host)
-                    fileio.copy_range(source[0], source[1] + pos - offset, self.fd,
-                                      new_host + len(head), run_end - pos)
-                    fileio.pwrite_all(self.fd, tail, new_host + len(head) + run_end - pos)
+                try:
+                    if isinstance(source, list):
+                        parts = [memoryview(head)] + \
+                            iov_slices(source, pos - offset, run_end - pos) + [memoryview(tail)]
+                        self._data_pwritev([p for p in parts if len(p)], new_host)
+                    else:
+                        fileio.pwrite_all(self.fd, head, new_host)
+                        fileio.copy_range(source[0], source[1] + pos - offset, self.fd,
+                                          new_host + len(head), run_end - pos)
+                        fileio.pwrite_all(self.fd, tail, new_host + len(head) + run_end - pos)
+                except OSError:
+                    # ENOSPC, EIO: no L2 entry points at the new clusters yet; give them
+                    # back, so a guest retrying a full disk does not leak one run per try
+                    self.refs.free(new_host, j - i)
+                    raise
                 for k in range(j - i):
                     self._release(l2[i + k])
                     l2[i + k] = (new_host + k * cs) | COPIED
