@@ -289,6 +289,7 @@ def main() -> None:
                 for k, v in row.items():
                     print(f"  {k:28s} {v:10.1f}")
                 print(f"  diff on disk / full RAM             {row['diff on disk KiB'] / 1024 / row['RAM MiB']:8.4f}x")
+                print(f"  diff on disk / full written         {row['diff on disk KiB'] / row['full written KiB']:8.4f}x")
                 sys.stdout.flush()
     have_qemu = shutil.which("qemu-system-x86_64") is not None
     rows = []

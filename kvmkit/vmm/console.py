@@ -24,6 +24,7 @@ from kvmkit.vmm.config import SerialSpec
 
 ESCAPE = 0x01  # Ctrl-a
 MAX_KEPT = 64 << 20
+HOLD_WINDOW = 4096      # how far back from the end hold_input_at's pattern is looked for
 REPLAY = 1 << 20        # what a unix-socket console's first client gets of earlier output
 ESCAPE_HELP = (b"\r\nC-a h    print this help\r\nC-a x    exit kvmkit\r\n"
                b"C-a C-a  send C-a\r\n")
@@ -54,7 +55,11 @@ class Console:
         self._escape = False
         self._replayed = False
         self._pending_input = bytearray()
-        self.typed = 0          # bytes of host input so far (the start cache saves only when none is in flight)
+        self._held = False      # input kept here for a moment (the start cache saving at the prompt)
+        self._hold_at: re.Pattern | None = None    # output that starts holding input (hold_input_at)
+        self._deliver = threading.Lock()   # one delivery at a time, in order (never under _cond: the
+                                           # UART's receive takes its own lock, which a vCPU holds to write)
+        self.typed = 0          # bytes of host input delivered so far (the start cache saves only when none is)
         self._open()
 
     # --- setup -----------------------------------------------------------
@@ -96,16 +101,52 @@ class Console:
         """Where host input goes (the UART's receive).  Input that arrived
         before (a socket client can connect while the VM is still being
         built) is delivered now, in order."""
+        with self._deliver:
+            with self._cond:
+                self._input = sink
+                pending = self._take_pending()
+            if pending:
+                sink(pending)
+
+    def hold_input_at(self, pattern: re.Pattern | None) -> None:
+        r"""From the moment the guest's output ends with ``pattern`` (a regex
+        ending in ``\Z``), keep host input here, in order, instead of typing
+        it in, until :meth:`release_input`.  The start cache holds it while
+        it checks the prompt is quiet and saves: a user (or a terminal
+        answering the shell's cursor query) who types the moment the prompt
+        shows neither stops the save nor gets a keystroke saved into it.
+        Triggered by the output itself, so no input can slip in between."""
         with self._cond:
-            self._input = sink
-            pending, self._pending_input = bytes(self._pending_input), bytearray()
-        if pending:
-            sink(pending)
+            self._hold_at = pattern
+            if pattern is not None and pattern.search(self._buf, max(0, len(self._buf) - HOLD_WINDOW)):
+                self._held = True
+
+    @property
+    def input_held(self) -> bool:
+        return self._held
+
+    def release_input(self) -> None:
+        """Type in what was held, and from now on what comes."""
+        with self._deliver:
+            with self._cond:
+                self._held = False
+                sink = self._input
+                pending = self._take_pending() if sink is not None else b""
+            if pending:
+                sink(pending)
+
+    def _take_pending(self) -> bytes:
+        """The queued input, counted as delivered (caller holds _cond and delivers it)."""
+        pending, self._pending_input = bytes(self._pending_input), bytearray()
+        self.typed += len(pending)
+        return pending
 
     # --- guest output ----------------------------------------------------
     def write(self, data: bytes) -> None:
         with self._cond:
             self._buf += data
+            if self._hold_at is not None and self._hold_at.search(self._buf, max(0, len(self._buf) - HOLD_WINDOW)):
+                self._held = True
             if len(self._buf) > MAX_KEPT:
                 cut = len(self._buf) - MAX_KEPT // 2
                 del self._buf[:cut]
@@ -140,15 +181,14 @@ class Console:
         """Type ``data`` into the guest's console."""
         if isinstance(data, str):
             data = data.encode()
-        self.typed += len(data)
-        sink = self._input
-        if sink is None:
+        with self._deliver:
             with self._cond:
-                if self._input is None:
+                if self._input is None or self._held:
                     self._pending_input += data
                     return
                 sink = self._input
-        sink(data)
+                self.typed += len(data)
+            sink(data)
 
     def expect(self, pattern: str | bytes | re.Pattern, timeout: float = 60.0,
                alive: Callable[[], bool] | None = None) -> re.Match:

@@ -189,7 +189,10 @@ def clock_lag(machine: "Machine") -> float:
 class PromptSaver:
     """Watches a booting machine's console and saves it into the cache the
     first time it sits at ``prompt``, if nothing has been typed yet (once
-    anything is, the guest may hold input it has not echoed: no save)."""
+    anything is, the guest may hold input it has not echoed: no save).
+    From the prompt until the save, input is held in the console (typed in
+    right after), so a script that types the moment the prompt shows still
+    gets its run saved."""
 
     def __init__(self, machine: "Machine", prompt: bytes, root: Path | None = None,
                  timeout: float = 1800.0) -> None:
@@ -203,6 +206,7 @@ class PromptSaver:
         self._thread = threading.Thread(target=self._run, name="kvmkit-start-cache", daemon=True)
 
     def start(self) -> "PromptSaver":
+        self.machine.console.hold_input_at(self.prompt)   # input waits from the instant the prompt is printed
         self._thread.start()
         return self
 
@@ -220,18 +224,25 @@ class PromptSaver:
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.timeout
+        console = self.machine.console
         try:
             while time.monotonic() < deadline and not self.machine._done.is_set():
-                if self.machine.console.typed:
+                if console.typed:
                     return               # typed ahead: it may sit unechoed in the guest's tty
-                seen = self._at_prompt()
-                if seen is not None and self._save(*seen):
-                    return
-                time.sleep(0.1)
+                if console.input_held:
+                    if not self.prompt.search(console.output):
+                        console.release_input()      # the guest moved on: a later prompt holds again
+                        continue
+                    seen = self._at_prompt()
+                    if seen is not None and self._save(*seen):
+                        return
+                time.sleep(0.05)
         except Exception as exc:         # a failed cache must never stop the guest
             self.error = str(exc)
             log.warning("start cache: %s", exc)
         finally:
+            console.hold_input_at(None)
+            console.release_input()
             self.done.set()
 
     def _save(self, out: bytes, typed: int) -> bool:

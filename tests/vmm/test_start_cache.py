@@ -8,6 +8,7 @@ entries written by other code."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -32,6 +33,24 @@ def test_saves_at_a_quiet_prompt_and_the_entry_restores(tiny_guest, machine, tmp
         r.console.send(b"restored")
         r.console.expect(b"restored", timeout=10)
         assert b"after" not in r.console.output
+    finally:
+        r.close()
+
+
+def test_input_typed_at_the_prompt_waits_for_the_save_and_is_not_in_it(tiny_guest, machine, tmp_path):
+    m = machine(tiny_guest("echo"))
+    saver = start_cache.PromptSaver(m, PROMPT, root=tmp_path, timeout=30).start()
+    m.console.expect(PROMPT, timeout=30)                 # the output itself started the hold:
+    assert m.console.input_held                          # no keystroke can slip in before it
+    m.console.send(b"fast")                             # a script typing the moment the prompt shows (no q: it ends the echo guest)
+    assert saver.done.wait(60) and saver.error is None and saver.saved is not None
+    m.console.expect(b"fast", timeout=10)               # typed in after the save, not lost
+    r = start_cache.restore(start_cache.lookup(m.config, root=tmp_path)).start()
+    try:
+        r.console.send(b"later")
+        r.console.expect(b"later", timeout=10)
+        time.sleep(0.5)
+        assert b"fast" not in r.console.output          # not saved into the entry
     finally:
         r.close()
 
