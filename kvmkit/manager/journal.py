@@ -103,7 +103,7 @@ def recover(sd: StateDir) -> list[str]:
 
 
 def _recover_one(sd: StateDir, ident: str) -> str | None:
-    from kvmkit.manager import clone, snapshots, vmstate  # noqa: F401  (they register their handlers)
+    from kvmkit.manager import clone, migrate, snapshots, vmstate  # noqa: F401  (they register their handlers)
     lock_path = sd.journal(ident).with_suffix(".lock")
     fd = try_lock(lock_path, wait=0)
     if fd is None:

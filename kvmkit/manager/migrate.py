@@ -18,6 +18,15 @@ into it; where the two state directories are on different file systems
 into the destination's ``save/``, quit, restore there).  Either way the
 bookkeeping around it (locks, persistence, undefining the source) is the
 same.
+
+The move is journalled on the source (``migrate`` intent record): a manager
+killed mid-migration leaves both VMMs to themselves, and recovery (the
+consistency check, or the next migrate, clone or snapshot) settles where
+the guest is.  A source in ``postmigrate`` sent everything: it is quit and
+the destination keeps the guest (made persistent there if asked); a source
+still migrating is cancelled, and a source that runs keeps the guest: a
+destination VMM still waiting for (or part way through) the stream is
+destroyed.  Either way one VMM runs the guest afterwards, never two.
 """
 
 from __future__ import annotations
@@ -28,12 +37,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmkit.manager import launch, lifecycle, vmstate
+from kvmkit.manager import journal, launch, lifecycle, vmstate
 from kvmkit.manager.domain_parse import parse_domain
 from kvmkit.manager.domain import DomainDef
+from kvmkit.manager.domain_xml import domain_xml
 from kvmkit.manager.errors import OperationFailed, OperationInvalid
 from kvmkit.manager.locks import locked
 from kvmkit.manager.rundir import RunDir
+from kvmkit.manager.statedir import StateDir
 from kvmkit.manager.vmmlink import qmp
 
 
@@ -171,22 +182,94 @@ def migrate(host, name: str, uri: str, persistent: bool, undefine_source: bool):
     dest = Host(destination(uri))
     if dest.state_dir.resolve() == host.state_dir.resolve():
         raise OperationInvalid("the destination is this state directory")
-    with locked(host.sd.domain_lock(name), f"domain '{name}'"):
-        info = host.lookup(name)
-        if not info.active:
-            raise OperationInvalid("domain is not running")
-        with locked(dest.sd.domain_lock(name), f"domain '{name}' at the destination"):
-            if dest._rd(name).alive():
-                raise OperationInvalid(f"domain '{name}' is already active at the destination")
-            with dest.store.host_lock():
-                dest.store.check_unique(info.definition, dest._transient_uuids())
-            d = host.store.load(name) if info.persistent else info.definition
-            move = Move(host, dest, name, d, info.persistent)
-            TRANSFER(move)
-            if persistent:
+    journal.recover(host.sd)
+    with journal.intent(host.sd, "migrate", domain=name, dest=str(dest.sd.root), persistent=persistent,
+                        undefine_source=undefine_source) as rec:
+        with locked(host.sd.domain_lock(name), f"domain '{name}'"):
+            info = host.lookup(name)
+            if not info.active:
+                raise OperationInvalid("domain is not running")
+            with locked(dest.sd.domain_lock(name), f"domain '{name}' at the destination"):
+                if dest._rd(name).alive():
+                    raise OperationInvalid(f"domain '{name}' is already active at the destination")
                 with dest.store.host_lock():
-                    dest.store.save(d)
-                dest._rd(name).update_status(persistent=True)
-    if undefine_source and info.persistent:
-        host.undefine(name, snapshots_metadata=True, managed_save=True)
+                    dest.store.check_unique(info.definition, dest._transient_uuids())
+                d = host.store.load(name) if info.persistent else info.definition
+                rec.note("xml", domain_xml(d))          # before the destination starts: recovery needs it
+                TRANSFER(Move(host, dest, name, d, info.persistent))
+                if persistent:
+                    _persist_at(dest.sd, d)
+        if undefine_source and info.persistent:
+            host.undefine(name, snapshots_metadata=True, managed_save=True)
     return dest.lookup(name)
+
+
+def _persist_at(dest: StateDir, d: DomainDef) -> None:
+    from kvmkit.manager.store import DefinitionStore
+    store = DefinitionStore(dest)
+    with store.host_lock():
+        store.save(d)
+    RunDir(dest.run_dir(d.name)).update_status(persistent=True)
+
+
+@journal.handler("migrate")
+def _recover(sd: StateDir, data: dict) -> None:
+    """Settle an interrupted migration (see the module docstring)."""
+    name = data["domain"]
+    if not data.get("xml"):
+        return                                         # ended before the destination was started
+    src = RunDir(sd.run_dir(name))
+    dest = StateDir.open(data["dest"])
+    dest_rd = RunDir(dest.run_dir(name))
+    if _status(src) is not None and not _sent_everything(src):
+        if dest_rd.alive():
+            lifecycle.destroy(dest_rd)                 # it never got (all of) the guest
+        return
+    if src.alive():
+        vmstate.quit_vmm(src, "migrate")               # postmigrate: the guest runs at the destination
+    if _status(dest_rd) in (None, "inmigrate"):
+        if dest_rd.alive():
+            lifecycle.destroy(dest_rd)                 # the source is gone and this one has no guest
+        return
+    d = parse_domain(data["xml"][-1], f"journal record of migrate {name}")
+    if data.get("persistent"):
+        _persist_at(dest, d)
+    if data.get("undefine_source") and sd.definition(name).exists():
+        from kvmkit.manager.host import Host
+        Host(sd.root).undefine(name, snapshots_metadata=True, managed_save=True)
+
+
+SETTLE_TIMEOUT = 30.0          # how long a VMM may take to open or close its monitor
+MIGRATING = ("setup", "active", "device", "pre-switchover", "cancelling")
+
+
+def _status(rd: RunDir) -> str | None:
+    """The VMM's run status, or None if it is not running: a VMM that is
+    alive but has no monitor (starting, loading a stream, or quitting) is
+    waited for until it has one or has ended."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while rd.alive():
+        try:
+            return qmp(rd.qmp_socket, "query-status", timeout=2.0)["status"]
+        except OperationFailed:
+            if time.monotonic() > deadline:
+                raise OperationFailed(f"the VMM in {rd.path} is alive but its monitor does not answer") from None
+            time.sleep(0.05)
+    return None
+
+
+def _sent_everything(src: RunDir) -> bool:
+    """True once the source is in postmigrate; a migration still running
+    without its manager is cancelled first (the guest then stays here)."""
+    try:
+        if qmp(src.qmp_socket, "query-migrate").get("status") in MIGRATING:
+            qmp(src.qmp_socket, "migrate_cancel")
+            deadline = time.monotonic() + SETTLE_TIMEOUT
+            while qmp(src.qmp_socket, "query-migrate").get("status") in MIGRATING:
+                if time.monotonic() > deadline:
+                    raise OperationFailed("the source's migration did not stop after migrate_cancel")
+                time.sleep(0.05)
+    except OperationFailed:
+        if src.alive():
+            raise
+    return _status(src) in (None, "postmigrate")        # None: it quit after sending (or ended)

@@ -234,12 +234,20 @@ def _undo_create(sd: StateDir, data: dict) -> None:
 def _finish_revert(sd: StateDir, data: dict) -> None:
     rd = RunDir(sd.run_dir(data["domain"]))
     if rd.alive():
-        return          # a VMM starts only after the disks are reverted: nothing is left to do
+        if not rd.status().get("stopping"):
+            return      # the VMM the revert started (only after the disks were reverted): done
+        vmstate.quit_vmm(rd, "snapshot")     # the old one, killed mid-quit with its manager: let it end
     _each_disk(data["disks"], lambda img: qsnap.apply_snapshot(img, data["snapshot"]))
     path = sd.snapshot_dir(data["domain"]) / f"{data['snapshot']}.xml"
     snap = load(sd, data["domain"], data["snapshot"]) if path.exists() else None
-    if snap is not None and snap.domain is not None and sd.definition(data["domain"]).exists():
+    if snap is None or snap.domain is None:
+        return
+    persistent = sd.definition(data["domain"]).exists()
+    if persistent:
         files.atomic_write(sd.definition(data["domain"]), domain_xml(snap.domain))
+    if snap.state != "shutoff":        # killed after the old VMM quit: the snapshot's guest runs, as asked
+        state = vmstate.open_state(state_dir(sd, data["domain"], data["snapshot"]))
+        lifecycle.start(sd, snap.domain, persistent, restore=state, reason="from snapshot")
 
 
 @journal.handler("snapshot-delete")

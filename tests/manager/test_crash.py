@@ -1,5 +1,6 @@
 """The manager SIGKILLed at random points of define, start, clone,
-snapshot-create-as (of shut-off and of running domains) and managedsave
+snapshot-create-as (of shut-off and of running domains), snapshot-revert
+to a running snapshot, managedsave and live migrate
 (the CLI as a subprocess, killed after a random delay, many times):
 afterwards every domain, disk, snapshot and saved state is either fully
 there or not there, ``list --all`` says so, a guest the killed command
@@ -73,18 +74,21 @@ def assert_consistent(host) -> None:
     assert report.problems == [], report.problems
 
 
-def vmm_processes(uuid: str) -> int:
-    """VMMs of the domain; a jailed VMM and its supervisor (its parent, same
-    command line) count as one."""
+def vmm_processes(uuid: str, *run_dirs: Path) -> int:
+    """VMMs of the domain: by the UUID on a booting VMM's command line, or
+    (a restored or migrated one has none) by running in one of ``run_dirs``;
+    a jailed VMM and its supervisor (its parent, same command line) count as one."""
     found: dict[int, int] = {}
+    dirs = {str(d.resolve()) for d in run_dirs}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 cmd = Path(entry.path, "cmdline").read_bytes().split(b"\0")
                 ppid = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cwd = os.readlink(Path(entry.path, "cwd")) if dirs else ""
             except (OSError, ValueError, IndexError):
                 continue
-            if b"run" in cmd and uuid.encode() in cmd:
+            if b"run" in cmd and (uuid.encode() in cmd or cwd in dirs):
                 found[int(entry.name)] = ppid
     return sum(1 for ppid in found.values() if ppid not in found)
 
@@ -203,6 +207,26 @@ def test_killed_snapshot_create_of_a_running_domain(cli, host, idle, tmp_path):
 
 
 @rounds
+def test_killed_snapshot_revert_to_a_running_snapshot(cli, host, idle, tmp_path):
+    disk = tmp_path / "rv.qcow2"
+    create_image(str(disk), "qcow2", 16 << 20)
+    info = host.define(tiny_xml("rv", idle, disks=(str(disk),)))
+    host.start("rv")
+    host.snapshot_create("rv", "base")
+    cost = cli.timed("snapshot-revert", "rv", "base")
+    for _ in range(ROUNDS):
+        cli.killed(("snapshot-revert", "rv", "base"), _delay(cost, cli.startup))
+        assert_consistent(host)                                 # finishes the revert: the guest runs
+        assert cli.run("domstate", "--reason", "rv").stdout.strip() in ("running (from snapshot)",
+                                                                        "running (booted)"), \
+            cli.run("domstate", "--reason", "rv").stdout
+        assert vmm_processes(info.uuid, host.sd.run_dir("rv")) == 1
+    host.destroy("rv")
+    res = subprocess.run(["qemu-img", "check", str(disk)], capture_output=True, text=True)
+    assert res.returncode in (0, 3) and "corrupt" not in res.stdout.lower(), res.stdout + res.stderr
+
+
+@rounds
 def test_killed_managedsave(cli, host, idle, tmp_path):
     from kvmkit.manager.vmstate import open_state
     host.define(tiny_xml("ms", idle))
@@ -222,6 +246,39 @@ def test_killed_managedsave(cli, host, idle, tmp_path):
             open_state(managed)                                 # complete, or it would not be there
         assert not [p for p in host.sd.sub("save").iterdir() if p != managed]   # no half-written state
     assert cli.names() == ["ms"]
+
+
+@rounds
+def test_killed_migrate(cli, host, idle, tmp_path):
+    """Killed mid-migration, between two state directories, back and forth:
+    after recovery the guest runs in exactly one VMM, on exactly one side."""
+    from kvmkit.manager import Host
+    info = host.define(tiny_xml("mg", idle))
+    host.start("mg")
+    there = Host(tmp_path / "other-host")
+    there_cli = Cli(there.state_dir)
+    there_cli.startup = cli.startup
+    sides = [(host, cli), (there, there_cli)]
+    cost = cli.timed("migrate", "mg", str(there.state_dir))
+    at = 1
+    try:
+        for _ in range(ROUNDS):
+            (src, src_cli), (dst, _) = sides[at], sides[1 - at]
+            src_cli.killed(("migrate", "mg", str(dst.state_dir)), _delay(cost, cli.startup))
+            assert_consistent(src)                              # recovers the interrupted migrate
+            assert_consistent(dst)
+            active = [i for i, (h, _) in enumerate(sides)
+                      if any(d.name == "mg" and d.active for d in h.domains(inactive=False))]
+            assert len(active) == 1, active                     # on one side, never both or neither
+            at = active[0]
+            state = sides[at][0].lookup("mg")
+            assert state.state == "running", state              # never left paused
+            assert vmm_processes(info.uuid, host.sd.run_dir("mg"), there.sd.run_dir("mg")) == 1
+            assert host.lookup("mg").persistent                 # the definition stays at home
+    finally:
+        for h, _ in sides:
+            for d in h.domains(inactive=False):
+                h.destroy(d.name)
 
 
 def test_a_killed_vmm_is_shut_off_crashed(cli, host, idle):
