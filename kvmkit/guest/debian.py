@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from kvmkit.atomicfile import atomic_write
 from kvmkit.guest.cache import cache_dir
 from kvmkit.guest.errors import PackageFetchError
 
@@ -85,9 +86,7 @@ def _remembered(question: str, ask: Callable[[], str]) -> str:
     answers[question] = answer
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"state": state, "answers": answers}))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps({"state": state, "answers": answers}), mode=0o644)
     except OSError:
         pass                                  # a read-only cache only costs the time
     return answer

@@ -20,6 +20,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvmkit.atomicfile import atomic_write
 from kvmkit.host import acl, ids
 
 SUFFIX = ".handover.json"
@@ -43,7 +44,8 @@ class Handover:
             st = os.stat(path)
             self.owners.setdefault(path, (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)))
         self.trees += shared
-        self._write()
+        atomic_write(self.record, json.dumps({"uid": self.uid, "gid": self.gid, "owners": self.owners,
+                                              "trees": self.trees}))
         for directory, rw in shared:
             acl.grant_tree(directory, self.uid, rw)
         for path, (_, _, mode) in self.owners.items():
@@ -68,17 +70,6 @@ class Handover:
             self.record.unlink()
         except FileNotFoundError:
             pass
-
-    def _write(self) -> None:
-        tmp = self.record.with_name(f".{self.record.name}.tmp")
-        text = json.dumps({"uid": self.uid, "gid": self.gid, "owners": self.owners, "trees": self.trees})
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.record)
 
 
 def handover_for(lease: ids.IdLease, lock_dir: Path = ids.DEFAULT_LOCK_DIR) -> Handover:

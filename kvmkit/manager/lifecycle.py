@@ -83,7 +83,8 @@ def start(sd: StateDir, d: DomainDef, persistent: bool, restore: "SavedState | N
                               tuple(i.target for i in saved.interfaces), bridges)
             argv = restore_argv(d, rd, restore.path, restore.paused)
         files.atomic_write(rd.live_xml, domain_xml(d, domain_id=ident, vsock_cid=live.vsock_cid, taps=live.taps))
-        start_paused = "--paused" in argv or incoming is not None      # what its "prelaunch" means
+        # what its "prelaunch" means: a destination waits for the stream; the others start by themselves
+        start_paused = incoming is not None or (paused if restore is None else restore.paused)
         files.write_json(rd.status_file, {"id": ident, "phase": "starting", "persistent": persistent,
                                           "reason": reason, "started": time.time(), "pause_reason": "user",
                                           "start_paused": start_paused})
